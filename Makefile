@@ -1,0 +1,41 @@
+# Two commands do the whole set-up on a fresh Debian machine:
+#   make repro   install what is missing, then run the DVC pipeline on the default data
+#   make test    install what is missing, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+INSTALLED := $(VENV)/.cml-installed
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup system data repro test lab bench clean
+
+setup: system $(INSTALLED)  ## install system packages and the Python environment
+
+system:  ## Java + ELKI, FluidSynth, python3-venv (apt-get, only when missing)
+	@bash .ci/system-packages.sh
+
+$(INSTALLED): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(VENV)/bin/python -m ipykernel install --sys-prefix --name cml --display-name "Python (cml)" >/dev/null
+	@touch $@
+
+data:  ## the user-data folder tracked by data.dvc (audio under data/audio, Spotify CSVs under data/spotify)
+	@mkdir -p data/audio data/spotify
+
+repro: setup data  ## run the whole pipeline (dvc repro)
+	dvc repro
+
+test: setup  ## run the test suite, including an end-to-end pipeline run
+	$(VENV)/bin/python -m pytest -q
+
+lab: setup  ## open JupyterLab on the notebooks
+	jupyter lab notebooks/
+
+bench: setup  ## run the benchmarks (numbers go into README.md)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b; done
+
+clean:  ## remove pipeline outputs (not the venv)
+	rm -rf outputs

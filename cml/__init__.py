@@ -1,0 +1,3 @@
+"""cml: Contrastive Music Learning."""
+
+__version__ = "0.1.0"

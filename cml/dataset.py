@@ -1,0 +1,125 @@
+"""The track table: which audio the pipeline runs on, with labels, metadata and a train/val/test split.
+
+The pipeline runs on the user's own audio when `data/audio` holds any, else on the rendered default corpus
+(`source: auto`). Every later stage reads `tracks.csv` instead of walking folders again, so a file that was
+skipped here (with its reason in `skipped.csv`) is skipped everywhere.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cml.audio import scan_audio, write_skip_report
+from cml.params import load_params
+from cml.split import split_tracks
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("auto", "corpus", "data")
+# Columns of the corpus manifest carried over into the track table.
+MANIFEST_COLUMNS = ("composer", "title", "source", "programs", "piece")
+
+
+@dataclass
+class TracksConfig:
+    source: str = "auto"  # auto: data/audio when it holds files, else the rendered corpus
+    min_duration: float = 2.0  # seconds; shorter files are skipped with a reason
+    silence_db: float = -60.0  # files whose peak stays below this (dBFS) are skipped as silent
+    train: float = 0.7  # split fractions, by track, stratified by label
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TracksConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown keys in the 'tracks' params: {sorted(unknown)}")
+        config = cls(**d)
+        if config.source not in SOURCES:
+            raise ValueError(f"tracks.source must be one of {SOURCES}, got {config.source!r}")
+        return config
+
+
+def has_audio_files(folder: Path) -> bool:
+    """True when the folder holds any non-hidden file (the user has put their own audio there)."""
+    return folder.is_dir() and any(
+        p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")
+    )
+
+
+def resolve_audio_dir(source: str, corpus_dir: Path, data_dir: Path) -> tuple[str, Path]:
+    user_audio = data_dir / "audio"
+    if source == "data" or (source == "auto" and has_audio_files(user_audio)):
+        return "data", user_audio
+    return "corpus", corpus_dir / "audio"
+
+
+def attach_manifest(tracks: pd.DataFrame, corpus_dir: Path) -> pd.DataFrame:
+    """Add composer, title and source of rendered pieces, matched by file path."""
+    manifest_path = corpus_dir / "manifest.csv"
+    if not manifest_path.is_file():
+        log.warning("no corpus manifest at %s: tracks keep their folder labels only", manifest_path)
+        return tracks
+    manifest = pd.read_csv(manifest_path)
+    manifest["path"] = [str((corpus_dir / p).resolve()) for p in manifest["path"]]
+    keep = ["path", *[c for c in MANIFEST_COLUMNS if c in manifest.columns]]
+    resolved = tracks["path"].map(lambda p: str(Path(p).resolve()))
+    merged = tracks.assign(_resolved=resolved).merge(
+        manifest[keep].rename(columns={"path": "_resolved"}), on="_resolved", how="left"
+    )
+    return merged.drop(columns="_resolved")
+
+
+def build_tracks(
+    config: TracksConfig, corpus_dir: Path, data_dir: Path, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Scan the chosen audio folder and return (tracks with split, skipped files, source used)."""
+    source, audio_dir = resolve_audio_dir(config.source, corpus_dir, data_dir)
+    log.info("reading audio from %s (source: %s)", audio_dir, source)
+    scan = scan_audio(
+        audio_dir, min_duration=config.min_duration, silence_db=config.silence_db, progress=progress
+    )
+    tracks = scan.tracks
+    if source == "corpus":
+        tracks = attach_manifest(tracks, corpus_dir)
+    if tracks.empty:
+        tracks["split"] = pd.Series(dtype=str)
+        return tracks, scan.skipped, source
+    fractions = {"train": config.train, "val": config.val, "test": config.test}
+    group_col = "piece" if "piece" in tracks.columns else None
+    tracks["split"] = split_tracks(tracks, fractions, seed=config.seed, group_col=group_col)
+    return tracks, scan.skipped, source
+
+
+def run_tracks(args: argparse.Namespace) -> int:
+    config = TracksConfig.from_dict(load_params(args.params, "tracks"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tracks, skipped, source = build_tracks(config, Path(args.corpus), Path(args.data))
+    tracks.to_csv(out / "tracks.csv", index=False)
+    write_skip_report(skipped, out / "skipped.csv")
+    log.info(
+        "%d tracks from %s (%s), %d files skipped (reasons in %s)",
+        len(tracks), source, tracks["split"].value_counts().to_dict(), len(skipped),
+        out / "skipped.csv",
+    )
+    if tracks.empty:
+        log.error("no usable audio found; see %s", out / "skipped.csv")
+        return 1
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tracks", help="build the track table (audio source, labels, split, skip report)"
+    )
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--corpus", default="outputs/corpus", help="rendered default corpus folder")
+    p.add_argument("--data", default="data", help="user data folder (audio under data/audio)")
+    p.add_argument("--out", default="outputs/tracks")
+    p.set_defaults(func=run_tracks)

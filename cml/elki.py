@@ -1,0 +1,421 @@
+"""Run the real ELKI toolkit (Java) for clustering and read its results back.
+
+ELKI is the primary clustering tool of this project; nothing here re-implements it. Each call writes the
+data as comma-separated text into a temporary directory, runs ``KDDCLIApplication`` in a fresh JVM with
+``ResultWriter`` output, and parses the ``*.txt`` cluster files back into one label per input row.
+
+How rows are mapped back: every input line carries a text label ``row<i>`` (its row index), which ELKI
+keeps as the object's label and prints at the end of each ``ID=`` line; we never rely on ELKI's internal
+object ids or on file order, and we check that every row comes back exactly once.
+
+Finding ELKI: the ``ELKI_JAR`` environment variable, then Debian's ``/usr/share/java/elki.jar``
+(package ``elki``, 0.7.1; its ``elki-cli`` wrapper fails on Java 17, so we call ``java -cp`` ourselves
+with ``trove4j.jar`` and ``libsvm3.jar`` from the same folder). ELKI 0.8's renamed classes (package
+``elki.*``, ``CutDendrogramByNumberOfClusters``, ...) are used when the jar has them; only 0.7.1 is tested
+here, and the full dendrogram output is parsed for 0.7.x only.
+
+Distances: Euclidean, except Ward linkage and k-means, which ELKI runs on squared Euclidean distance
+(Ward's Lance-Williams update is only correct there); Ward heights are converted to scipy's convention.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ELKI_JAR_ENV = "ELKI_JAR"
+DEBIAN_JAR = Path("/usr/share/java/elki.jar")
+DEPENDENCY_JARS = ("trove4j.jar", "libsvm3.jar")  # Debian ships these apart from elki.jar
+INSTALL_HINT = ("install it with `apt-get install elki default-jre-headless`, "
+                f"or point the {ELKI_JAR_ENV} environment variable to an ELKI jar")
+
+LINKAGES = ("single", "complete", "average", "ward")
+KMEANS_VARIANTS = ("lloyd", "elkan", "hamerly")
+
+_P7 = "de.lmu.ifi.dbs.elki."
+_H7 = _P7 + "algorithm.clustering.hierarchical."
+CLASSES = {
+    "0.7": {
+        "app": _P7 + "application.KDDCLIApplication",
+        "writer": _P7 + "result.ResultWriter",
+        "no_eval": _P7 + "evaluation.NoAutomaticEvaluation",
+        "euclidean": _P7 + "distance.distancefunction.minkowski.EuclideanDistanceFunction",
+        "sqeuclidean": _P7 + "distance.distancefunction.minkowski.SquaredEuclideanDistanceFunction",
+        "slink": _H7 + "SLINK",
+        "anderberg": _H7 + "AnderbergHierarchicalClustering",
+        "hdbscan": _H7 + "HDBSCANLinearMemory",
+        "single": _H7 + "SingleLinkageMethod",
+        "complete": _H7 + "CompleteLinkageMethod",
+        "average": _H7 + "GroupAverageLinkageMethod",
+        "ward": _H7 + "WardLinkageMethod",
+        "cut": _H7 + "extraction.ExtractFlatClusteringFromHierarchy",
+        "hdbscan_extract": _H7 + "extraction.HDBSCANHierarchyExtraction",
+        "lloyd": _P7 + "algorithm.clustering.kmeans.KMeansLloyd",
+        "elkan": _P7 + "algorithm.clustering.kmeans.KMeansElkan",
+        "hamerly": _P7 + "algorithm.clustering.kmeans.KMeansHamerly",
+        "kmeans++": _P7 + "algorithm.clustering.kmeans.initialization.KMeansPlusPlusInitialMeans",
+        "dbscan": _P7 + "algorithm.clustering.DBSCAN",
+    },
+    "0.8": {
+        "app": "elki.application.KDDCLIApplication",
+        "writer": "elki.result.ResultWriter",
+        "no_eval": "elki.evaluation.NoAutomaticEvaluation",
+        "euclidean": "elki.distance.minkowski.EuclideanDistance",
+        "sqeuclidean": "elki.distance.minkowski.SquaredEuclideanDistance",
+        "slink": "elki.clustering.hierarchical.SLINK",
+        "anderberg": "elki.clustering.hierarchical.AnderbergHierarchicalClustering",
+        "hdbscan": "elki.clustering.hierarchical.HDBSCANLinearMemory",
+        "single": "elki.clustering.hierarchical.linkage.SingleLinkage",
+        "complete": "elki.clustering.hierarchical.linkage.CompleteLinkage",
+        "average": "elki.clustering.hierarchical.linkage.GroupAverageLinkage",
+        "ward": "elki.clustering.hierarchical.linkage.WardLinkage",
+        "cut_k": "elki.clustering.hierarchical.extraction.CutDendrogramByNumberOfClusters",
+        "cut_height": "elki.clustering.hierarchical.extraction.CutDendrogramByHeight",
+        "hdbscan_extract": "elki.clustering.hierarchical.extraction.HDBSCANHierarchyExtraction",
+        "lloyd": "elki.clustering.kmeans.LloydKMeans",
+        "elkan": "elki.clustering.kmeans.ElkanKMeans",
+        "hamerly": "elki.clustering.kmeans.HamerlyKMeans",
+        "kmeans++": "elki.clustering.kmeans.initialization.KMeansPlusPlus",
+        "dbscan": "elki.clustering.dbscan.DBSCAN",
+    },
+}
+
+
+class ElkiError(RuntimeError):
+    """ELKI could not be started, or it failed; ELKI's own messages are included verbatim."""
+
+
+@dataclass(frozen=True)
+class Elki:
+    """A runnable ELKI installation."""
+
+    java: str
+    jar: Path
+    classpath: str
+    version: str  # "0.7" or "0.8": which class names the jar has
+
+    def cls(self, name: str) -> str:
+        return CLASSES[self.version][name]
+
+
+@dataclass
+class ElkiResult:
+    """Labels in input order (noise = -1), and the dendrogram where one was asked for."""
+
+    labels: np.ndarray  # (n,) int64
+    linkage: np.ndarray | None = None  # (n-1, 4) scipy-style: [a, b, height, size]
+    args: list[str] = field(default_factory=list)  # the ELKI arguments used
+    seconds: float = 0.0  # wall time of the JVM run, start-up included
+
+
+@functools.lru_cache(maxsize=4)
+def _jar_version(jar: Path) -> str:
+    try:
+        with zipfile.ZipFile(jar) as zf:
+            names = set(zf.namelist())
+    except (OSError, zipfile.BadZipFile) as err:
+        raise ElkiError(f"ELKI jar {jar} is not readable ({err}); {INSTALL_HINT}") from err
+    for version, classes in CLASSES.items():
+        if classes["app"].replace(".", "/") + ".class" in names:
+            return version
+    raise ElkiError(f"{jar} contains no ELKI KDDCLIApplication; {INSTALL_HINT}")
+
+
+def find_elki() -> Elki:
+    """Locate Java and the ELKI jar, or raise :class:`ElkiError` saying how to install them."""
+    env = os.environ.get(ELKI_JAR_ENV)
+    jar = Path(env) if env else DEBIAN_JAR
+    if not jar.is_file():
+        where = f"{ELKI_JAR_ENV}={env}" if env else str(DEBIAN_JAR)
+        raise ElkiError(f"ELKI jar not found ({where} does not exist); {INSTALL_HINT}")
+    java_home = os.environ.get("JAVA_HOME")
+    java = shutil.which("java") or (java_home and shutil.which(str(Path(java_home) / "bin" / "java")))
+    if not java:
+        raise ElkiError(f"Java not found on PATH; {INSTALL_HINT}")
+    deps = [str(d) for name in DEPENDENCY_JARS for d in (jar.parent / name, DEBIAN_JAR.parent / name)
+            if d.is_file()]
+    classpath = os.pathsep.join(dict.fromkeys([str(jar), *deps]))  # dedupe, keep order
+    return Elki(java=java, jar=jar, classpath=classpath, version=_jar_version(jar.resolve()))
+
+
+def check_finite(X: np.ndarray) -> np.ndarray:
+    """Return X as a float64 (n, d) array, or raise naming the rows with NaN/inf (before any JVM starts)."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"expected a non-empty 2-D array (n points, d features); got shape {X.shape}")
+    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+    if len(bad):
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise ValueError(f"NaN or inf values in {len(bad)} rows (row indices {shown}); "
+                         "ELKI needs finite features")
+    return X
+
+
+def _check_k(X: np.ndarray, k: int, distinct: bool = False) -> None:
+    n = len(np.unique(X, axis=0)) if distinct else len(X)
+    what = "distinct points" if distinct else "points"
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} clusters asked for, but there are only {n} {what}")
+
+
+def heap_mb(n: int, d: int, quadratic: bool = False) -> int:
+    """JVM heap (-Xmx) for n points of d dims: vectors and text parsing, plus the n^2/2 matrix if quadratic.
+
+    Raises when the estimate exceeds 80 % of physical memory, before the JVM runs out of it.
+    """
+    need = 256 + 6 * n * d * 8 / 2**20 + 64 * n / 2**20  # vectors, boxed parse buffers, per-object stores
+    if quadratic:
+        need += 1.25 * n * (n - 1) / 2 * 8 / 2**20  # Anderberg's triangular distance matrix
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    if need > 0.8 * total:
+        raise ElkiError(f"ELKI would need about {need / 1024:.1f} GiB of heap for n={n}, d={d} "
+                        f"but this machine has {total / 1024:.1f} GiB; use SLINK (linear memory) or sample")
+    return int(need)
+
+
+def _write_input(X: np.ndarray, path: Path) -> None:
+    """Comma-separated values at full precision, then the label ``row<i>`` that maps results back."""
+    with open(path, "w") as fh:
+        for i, row in enumerate(X):
+            fh.write(",".join(map(repr, row.tolist())))
+            fh.write(f",row{i}\n")
+
+
+@dataclass
+class _Cluster:
+    name: str
+    noise: bool
+    rows: list[int]
+    parents: list[str]
+    children: list[str]
+
+
+def _read_clusters(out: Path) -> list[_Cluster]:
+    """Parse ResultWriter's cluster files (``# Cluster: ...`` header, then ``ID=... <values> row<i>``)."""
+    clusters = []
+    for path in sorted(out.rglob("*.txt")):
+        with open(path) as fh:
+            first = fh.readline()
+            if not first.startswith("# Cluster:"):
+                continue  # settings.txt and other results
+            c = _Cluster(first.split(":", 1)[1].strip(), False, [], [], [])
+            for line in fh:
+                if line.startswith("ID="):
+                    token = line.rstrip("\n").rsplit(" ", 1)[-1]
+                    if not token.startswith("row"):
+                        raise ElkiError(f"unexpected ELKI output line in {path.name}: {line[:200]!r}")
+                    c.rows.append(int(token[3:]))
+                elif line.startswith("# Cluster noise flag:"):
+                    c.noise = line.split(":", 1)[1].strip() == "true"
+                elif line.startswith("# Parents:"):
+                    c.parents = line.split(":", 1)[1].split()
+                elif line.startswith("# Children:"):
+                    c.children = line.split(":", 1)[1].split()
+            clusters.append(c)
+    return clusters
+
+
+def _labels(clusters: list[_Cluster], n: int, noise_names: set[str] = frozenset()) -> np.ndarray:
+    """One label per row; clusters numbered by their first row, so labels do not depend on file order."""
+    labels = np.full(n, -2, dtype=np.int64)
+    real = sorted((c for c in clusters if c.rows and not c.noise and c.name not in noise_names),
+                  key=lambda c: min(c.rows))
+    for c in clusters:
+        if c.noise or c.name in noise_names:
+            labels[c.rows] = -1
+    for i, c in enumerate(real):
+        if (labels[c.rows] != -2).any():
+            raise ElkiError(f"ELKI output puts some rows into more than one cluster ({c.name})")
+        labels[c.rows] = i
+    missing = np.flatnonzero(labels == -2)
+    if len(missing):
+        raise ElkiError(f"ELKI output has no cluster for {len(missing)} rows (first: {missing[:10].tolist()})")
+    return labels
+
+
+def _dendrogram(clusters: list[_Cluster], n: int) -> np.ndarray:
+    """Convert ELKI's full cluster tree (``mrg_<id>_<height>`` nodes with children, ``obj_<id>`` leaves)
+    into a scipy linkage matrix; a node with m > 2 children (tied merges) becomes m-1 merges."""
+    by_name = {c.name: c for c in clusters}
+    roots = [c for c in clusters if not c.parents]
+    if len(roots) != 1:
+        raise ElkiError(f"expected one root in ELKI's dendrogram output, found {len(roots)}")
+    # Post-order without recursion (single-linkage trees can be n deep).
+    order, stack = [], [(roots[0], False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded or not node.children:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((by_name[ch], False) for ch in reversed(node.children))
+    internal = [c for c in order if c.children]
+    heights = [float(c.name.rsplit("_", 1)[1]) for c in internal]
+    ranked = sorted(range(len(internal)), key=lambda i: heights[i])  # stable: ties keep post-order
+    if any(heights[child] > heights[parent] for child, parent in _child_pairs(internal)):
+        ranked = list(range(len(internal)))  # non-monotone linkage: post-order is always valid
+    node_id = {}
+    for c in order:
+        if not c.children:
+            if len(c.rows) != 1:
+                raise ElkiError(f"dendrogram leaf {c.name} holds {len(c.rows)} objects")
+            node_id[c.name] = (c.rows[0], 1)
+    Z, next_id = [], n
+    for i in ranked:
+        c, h = internal[i], heights[i]
+        parts = [node_id[ch] for ch in c.children] + [(r, 1) for r in c.rows]
+        a, size_a = parts[0]
+        for b, size_b in parts[1:]:
+            Z.append([min(a, b), max(a, b), h, size_a + size_b])
+            a, size_a, next_id = next_id, size_a + size_b, next_id + 1
+        node_id[c.name] = (a, size_a)
+    Z = np.asarray(Z, dtype=np.float64)
+    if Z.shape != (n - 1, 4):
+        raise ElkiError(f"ELKI's dendrogram has {len(Z)} merges for {n} points")
+    return Z
+
+
+def _child_pairs(internal: list[_Cluster]):
+    """(child index, parent index) pairs among internal nodes."""
+    index = {c.name: i for i, c in enumerate(internal)}
+    for i, c in enumerate(internal):
+        for ch in c.children:
+            if ch in index:
+                yield index[ch], i
+
+
+def _run(X: np.ndarray, args: list[str], quadratic: bool, timeout: float | None) -> tuple[list[_Cluster], float]:
+    """One JVM run in a temporary directory (removed afterwards): the parsed clusters and the wall time."""
+    X = check_finite(X)
+    elki = find_elki()
+    n, d = X.shape
+    with tempfile.TemporaryDirectory(prefix="cml-elki-") as tmp:
+        data, out = Path(tmp) / "data.csv", Path(tmp) / "out"
+        _write_input(X, data)
+        cmd = [elki.java, f"-Xmx{heap_mb(n, d, quadratic)}m", "-Djava.awt.headless=true",
+               "-cp", elki.classpath, elki.cls("app"), "-dbc.in", str(data), *args,
+               "-evaluator", elki.cls("no_eval"), "-resulthandler", elki.cls("writer"), "-out", str(out)]
+        log.debug("running %s", " ".join(cmd))
+        start = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as err:
+            raise ElkiError(f"ELKI did not finish within {timeout} s") from err
+        seconds = time.perf_counter() - start
+        messages = (proc.stderr + proc.stdout).strip()
+        # ELKI exits 0 after ignoring an unknown option; that is a wrong call too.
+        if proc.returncode != 0 or "were not processed" in messages or not out.is_dir():
+            raise ElkiError(f"ELKI failed (exit code {proc.returncode}):\n{messages}")
+        return _read_clusters(out), seconds
+
+
+def run_elki(X: np.ndarray, args: list[str], *, quadratic: bool = False, noise_roots: bool = False,
+             timeout: float | None = None) -> ElkiResult:
+    """Run ELKI's KDDCLIApplication with algorithm ``args`` on the rows of X; one label per row.
+
+    ``quadratic`` sizes the heap for an n x n matrix; ``noise_roots`` relabels the members of root
+    clusters (no parent but ELKI's noise) as noise, for HDBSCAN*.
+    """
+    clusters, seconds = _run(X, args, quadratic, timeout)
+    noise = {c.name for c in clusters if c.noise}  # ELKI may hang top clusters under its noise cluster
+    roots = {c.name for c in clusters if noise_roots and not c.noise and set(c.parents) <= noise}
+    return ElkiResult(labels=_labels(clusters, len(X), roots), args=args, seconds=seconds)
+
+
+def hierarchical(X: np.ndarray, linkage: str = "single", *, k: int | None = None, height: float | None = None,
+                 slink: bool = False, dendrogram: bool = False, timeout: float | None = None) -> ElkiResult:
+    """Agglomerative clustering cut into flat clusters by ELKI, by number of clusters ``k`` or by ``height``.
+
+    ``slink=True`` runs SLINK (single linkage in O(n) memory); otherwise Anderberg's algorithm with
+    ``linkage`` in single/complete/average/ward (O(n^2) memory). With ``dendrogram=True`` the full
+    tree is also extracted (a second ELKI run) into ``linkage`` as a scipy linkage matrix, for plotting.
+    Heights (``height`` and the linkage matrix) follow scipy's convention: Euclidean distances, and for
+    Ward the square root of ELKI's squared-Euclidean merge cost. Tied heights can give more than k clusters.
+    """
+    X = check_finite(X)
+    if linkage not in LINKAGES or (slink and linkage != "single"):
+        raise ValueError(f"linkage must be one of {LINKAGES} (SLINK is single linkage only); got {linkage!r}")
+    if (k is None) == (height is None):
+        raise ValueError("give exactly one of k (number of clusters) or height")
+    if k is not None:
+        _check_k(X, k)
+    elki = find_elki()
+    if dendrogram and elki.version != "0.7":
+        raise ElkiError("reading ELKI's full dendrogram is implemented for ELKI 0.7.x output only")
+    inner = [elki.cls("slink")] if slink else [
+        elki.cls("anderberg"), "-hierarchical.linkage", elki.cls(linkage),
+        "-algorithm.distancefunction", elki.cls("sqeuclidean" if linkage == "ward" else "euclidean")]
+    if height is not None:
+        height = float(height) ** 2 if linkage == "ward" else float(height)  # ELKI's Ward heights are squared
+    if elki.version == "0.7":
+        mode = (["-hierarchical.threshold-mode", "BY_MINCLUSTERS", "-hierarchical.minclusters", str(k)]
+                if k is not None else
+                ["-hierarchical.threshold-mode", "BY_THRESHOLD", "-hierarchical.threshold", repr(height)])
+        cut = ["-algorithm", elki.cls("cut"), "-algorithm", *inner]
+    else:
+        mode = ["-hierarchical.minclusters", str(k)] if k is not None else ["-hierarchical.threshold", repr(height)]
+        cut = ["-algorithm", elki.cls("cut_k" if k is not None else "cut_height"), "-algorithm", *inner]
+    result = run_elki(X, cut + mode, quadratic=not slink, timeout=timeout)
+    if dendrogram:
+        full = ["-algorithm", elki.cls("cut"), "-algorithm", *inner,
+                "-hierarchical.threshold-mode", "NO_THRESHOLD"]  # 0.7.1: implies the hierarchical output
+        result.linkage = _dendrogram(_run(X, full, not slink, timeout)[0], len(X))
+        if linkage == "ward":
+            result.linkage[:, 2] = np.sqrt(result.linkage[:, 2])
+    return result
+
+
+def hdbscan(X: np.ndarray, *, min_pts: int = 5, min_cluster_size: int = 5,
+            timeout: float | None = None) -> ElkiResult:
+    """HDBSCAN* with ELKI's linear-memory variant (HDBSCANLinearMemory) and its hierarchy extraction.
+
+    ELKI 0.7.1 leaves the points that never join a selected cluster in the root cluster; HDBSCAN*
+    (Campello et al. 2013) never selects the root, so those points are reported as noise (-1).
+    """
+    X = check_finite(X)
+    if min_pts < 2 or min_cluster_size < 1:
+        raise ValueError("HDBSCAN needs min_pts >= 2 and min_cluster_size >= 1")
+    elki = find_elki()
+    args = ["-algorithm", elki.cls("hdbscan_extract"), "-algorithm", elki.cls("hdbscan"),
+            "-algorithm.distancefunction", elki.cls("euclidean"), "-hdbscan.minPts", str(min_pts),
+            "-hdbscan.minclsize", str(min_cluster_size), "-hdbscan.hierarchical"]
+    return run_elki(X, args, noise_roots=True, timeout=timeout)
+
+
+def kmeans(X: np.ndarray, k: int, *, variant: str = "lloyd", seed: int = 0, max_iter: int = 0,
+           timeout: float | None = None) -> ElkiResult:
+    """ELKI k-means (Lloyd, Elkan or Hamerly; same optimum, different pruning) with k-means++ seeding.
+
+    ``max_iter=0`` means until convergence. Needs at least k distinct points.
+    """
+    X = check_finite(X)
+    if variant not in KMEANS_VARIANTS:
+        raise ValueError(f"variant must be one of {KMEANS_VARIANTS}; got {variant!r}")
+    _check_k(X, k, distinct=True)
+    elki = find_elki()
+    args = ["-algorithm", elki.cls(variant), "-kmeans.k", str(k), "-kmeans.initialization", elki.cls("kmeans++"),
+            "-kmeans.seed", str(seed), "-kmeans.maxiter", str(max_iter)]
+    return run_elki(X, args, timeout=timeout)
+
+
+def dbscan(X: np.ndarray, *, eps: float, min_pts: int = 5, timeout: float | None = None) -> ElkiResult:
+    """ELKI DBSCAN on Euclidean distance; ``min_pts`` counts the point itself (as scikit-learn's min_samples)."""
+    X = check_finite(X)
+    if not eps > 0 or min_pts < 1:
+        raise ValueError(f"DBSCAN needs eps > 0 and min_pts >= 1; got eps={eps}, min_pts={min_pts}")
+    elki = find_elki()
+    args = ["-algorithm", elki.cls("dbscan"), "-algorithm.distancefunction", elki.cls("euclidean"),
+            "-dbscan.epsilon", repr(float(eps)), "-dbscan.minpts", str(min_pts)]
+    return run_elki(X, args, timeout=timeout)

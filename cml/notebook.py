@@ -1,0 +1,57 @@
+"""Small helpers that keep the notebooks thin: where to run, how to save metrics and figures.
+
+Metrics and figures are written so that the same inputs give the same bytes (sorted keys, rounded floats,
+no timestamps in PNG metadata): `dvc metrics diff` then shows only real changes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def find_repo_root(start: str | Path | None = None) -> Path:
+    """The nearest folder upwards that holds `dvc.yaml` (notebooks open in notebooks/ in JupyterLab)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"no dvc.yaml in {here} or any folder above it")
+
+
+def use_repo_root() -> Path:
+    """Change into the repository root so that the paths in params.yaml work from anywhere."""
+    root = find_repo_root()
+    os.chdir(root)
+    return root
+
+
+def _clean(value: Any, digits: int) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v, digits) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, digits)
+    return value
+
+
+def write_metrics(path: str | Path, metrics: dict[str, Any], digits: int = 6) -> dict[str, Any]:
+    """Write metrics as stable JSON (sorted keys, rounded floats, NaN as null) and return what was written."""
+    cleaned = _clean(metrics, digits)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cleaned, indent=2, sort_keys=True) + "\n")
+    return cleaned
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG without the software/date metadata that changes between runs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path

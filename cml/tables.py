@@ -1,0 +1,184 @@
+"""The one feature-table format used for embeddings and baseline features.
+
+A feature table has one row per item (track, clip, ...) and these columns:
+
+- ``id`` (required, read as a string, unique). When there is no ``id`` column, ``track_id`` is used,
+  so a Spotify export (``track_id, artists, track_name, danceability, ...``) reads as it is.
+- ``label`` (optional): the true class (genre, composer, ...) used by the external clustering metrics.
+  Read as strings; missing values become ``None``.
+- ``path`` (optional) and any other non-numeric column (titles, artists, ...): kept in ``meta``.
+- every other numeric column (int, float or bool) is a feature, in file order. Columns named
+  ``Unnamed: N`` (the index pandas writes by default) are never features.
+
+Parquet is what :func:`write_feature_table` writes; it records the feature column names in the file's
+schema metadata (key ``cml.features``), so numeric metadata (a duration, a year) survives a round trip
+without becoming a feature. CSV is accepted on input: there, every numeric column except id/label is a
+feature. Bad input (no id, repeated ids, no numeric column, NaN/inf values, unreadable file) raises
+:class:`FeatureTableError` naming the problem and the offending rows; ``drop_invalid=True`` drops
+those rows instead and logs what was dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ("id", "track_id")  # first one present is the id
+LABEL_COLUMN = "label"
+FEATURES_METADATA_KEY = b"cml.features"
+_SHOW = 10  # how many offending ids an error message names
+
+
+class FeatureTableError(ValueError):
+    """A feature table that cannot be used as it is; the message says why and where."""
+
+
+@dataclass
+class FeatureTable:
+    """Features of n items: ``X[i]`` belongs to ``ids[i]`` (and ``labels[i]``, ``meta.iloc[i]``)."""
+
+    ids: np.ndarray  # (n,) str
+    X: np.ndarray  # (n, d) float64, finite
+    feature_names: list[str]
+    labels: np.ndarray | None  # (n,) object: str or None where missing; None when no label column
+    meta: pd.DataFrame  # the non-numeric columns (path, title, ...), index 0..n-1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _names(values: np.ndarray | pd.Index) -> str:
+    shown = ", ".join(map(str, list(values)[:_SHOW]))
+    return shown + (f", ... ({len(values)} in all)" if len(values) > _SHOW else "")
+
+
+def _read_frame(path: Path, text_columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[str] | None]:
+    """Read a CSV or Parquet file; return it and the feature names recorded in Parquet metadata."""
+    if not path.exists():
+        raise FeatureTableError(f"cannot read feature table {path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            table = pq.read_table(path)
+            recorded = (table.schema.metadata or {}).get(FEATURES_METADATA_KEY)
+            return table.to_pandas(), json.loads(recorded) if recorded else None
+        if suffix in (".csv", ".tsv", ".txt"):
+            sep = "\t" if suffix == ".tsv" else ","
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            as_text = {c: str for c in text_columns if c in header}  # keep "007" as "007"
+            return pd.read_csv(path, sep=sep, dtype=as_text, keep_default_na=True), None
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise FeatureTableError(f"cannot read feature table {path}: {err}") from err
+    raise FeatureTableError(f"cannot read feature table {path}: unknown extension {suffix!r} "
+                            "(expected .parquet, .csv or .tsv)")
+
+
+def _feature_columns(df: pd.DataFrame, recorded: list[str] | None, skip: set[str]) -> list[str]:
+    if recorded is not None:
+        missing = [c for c in recorded if c not in df.columns]
+        if missing:
+            raise FeatureTableError(f"feature columns named in the file metadata are missing: {_names(missing)}")
+        return list(recorded)
+    return [c for c in df.columns
+            if c not in skip and not str(c).startswith("Unnamed:")
+            and (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c]))]
+
+
+def read_feature_table(path: str | Path, *, label_column: str = LABEL_COLUMN,
+                       drop_invalid: bool = False) -> FeatureTable:
+    """Read a feature table (Parquet or CSV; format in the module docstring).
+
+    ``label_column`` picks another column as the true label (e.g. ``track_genre`` of a Spotify export).
+    With ``drop_invalid``, rows with NaN/inf features and repeated ids (all but the first) are dropped
+    and reported in the log instead of raising.
+    """
+    path = Path(path)
+    df, recorded = _read_frame(path, (*ID_COLUMNS, label_column))
+    id_col = next((c for c in ID_COLUMNS if c in df.columns), None)
+    if id_col is None:
+        raise FeatureTableError(f"{path}: no id column (expected one of {ID_COLUMNS}); "
+                                f"columns are: {_names(df.columns)}")
+    df = df.reset_index(drop=True)
+    if df[id_col].isna().any():
+        rows = np.flatnonzero(df[id_col].isna().to_numpy())
+        raise FeatureTableError(f"{path}: empty id in rows {_names(rows)}")
+    ids = df[id_col].astype(str).to_numpy()
+    has_label = label_column in df.columns
+    features = _feature_columns(df, recorded, skip={id_col, label_column} if has_label else {id_col})
+    if not features:
+        raise FeatureTableError(f"{path}: no numeric feature columns; columns are: {_names(df.columns)}")
+    X = df[features].to_numpy(dtype=np.float64)
+
+    keep = np.ones(len(df), dtype=bool)
+    dup = pd.Series(ids).duplicated().to_numpy()
+    if dup.any():
+        if not drop_invalid:
+            raise FeatureTableError(f"{path}: {dup.sum()} repeated ids: {_names(np.unique(ids[dup]))} "
+                                    "(drop_invalid=True keeps the first row of each)")
+        log.warning("%s: dropped %d rows with repeated ids: %s", path, dup.sum(), _names(ids[dup]))
+        keep &= ~dup
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        if not drop_invalid:
+            raise FeatureTableError(f"{path}: NaN or inf features in {bad.sum()} rows, ids: {_names(ids[bad])}")
+        log.warning("%s: dropped %d rows with NaN/inf features: %s", path, bad.sum(), _names(ids[bad]))
+        keep &= ~bad
+
+    labels = None
+    if has_label:
+        col = df[label_column].astype("string")
+        labels = np.array([None if pd.isna(v) else str(v) for v in col], dtype=object)[keep]
+    meta_cols = [c for c in df.columns if c not in features and c not in (id_col, label_column)]
+    return FeatureTable(ids=ids[keep], X=np.ascontiguousarray(X[keep]), feature_names=[str(c) for c in features],
+                        labels=labels, meta=df.loc[keep, meta_cols].reset_index(drop=True))
+
+
+def write_feature_table(path: str | Path, ids, X, labels=None,
+                        extra: pd.DataFrame | Mapping[str, object] | None = None,
+                        feature_prefix: str = "f") -> Path:
+    """Write ``X`` (n, d) as a feature table with columns ``id, [label], [extra...], f0..f{d-1}``.
+
+    Parquet (``.parquet``) is the written format; ``.csv`` also works when ``extra`` has no numeric
+    columns (in CSV they would be read back as features).
+    """
+    path = Path(path)
+    X = np.asarray(X, dtype=np.float64)
+    ids = np.asarray(ids).astype(str)
+    if X.ndim != 2 or len(X) != len(ids):
+        raise ValueError(f"X must be 2-D with one row per id; got shape {X.shape} for {len(ids)} ids")
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be unique")
+    df = pd.DataFrame({"id": ids})
+    if labels is not None:
+        df[LABEL_COLUMN] = pd.Series(labels, dtype="string").to_numpy()
+    extra_df = pd.DataFrame(extra).reset_index(drop=True) if extra is not None else pd.DataFrame(index=df.index)
+    if len(extra_df) != len(df):
+        raise ValueError(f"extra has {len(extra_df)} rows for {len(df)} ids")
+    features = [f"{feature_prefix}{j}" for j in range(X.shape[1])]
+    clash = set(extra_df.columns) & ({"id", LABEL_COLUMN} | set(features))
+    if clash:
+        raise ValueError(f"extra columns clash with reserved names: {sorted(clash)}")
+    df = pd.concat([df, extra_df, pd.DataFrame(X, columns=features)], axis=1)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        numeric_extra = [c for c in extra_df.columns if pd.api.types.is_numeric_dtype(extra_df[c])]
+        if numeric_extra:
+            raise ValueError(f"numeric extra columns {numeric_extra} would read back as features from CSV; "
+                             "write Parquet instead")
+        df.to_csv(path, index=False, float_format="%.17g")
+        return path
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    metadata = {**(table.schema.metadata or {}), FEATURES_METADATA_KEY: json.dumps(features).encode()}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+    return path

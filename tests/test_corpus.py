@@ -1,0 +1,113 @@
+"""The embedded corpus: real music21 scores rendered with real FluidSynth, built tiny (4 s excerpts)."""
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+from cml import corpus
+from cml.corpus import MANIFEST_COLUMNS, PROGRAM_POOL, CorpusConfig, StyleClass, build_corpus, draw_programs
+
+TINY = dict(classes=["bach_chorale", "essen_folk"], pieces_per_class=2, max_seconds=4.0, min_seconds=2.0, workers=1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    return build_corpus(CorpusConfig(**TINY), out, progress=False), out
+
+
+def test_manifest_rows_point_at_mono_flac_files_at_the_requested_rate(tiny):
+    manifest, out = tiny
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert manifest.groupby("label").size().to_dict() == {"bach_chorale": 2, "essen_folk": 2}
+    assert manifest["id"].is_unique
+    assert set(manifest["composer"]) == {"bach", "traditional"}
+    assert manifest["source"][manifest["label"] == "essen_folk"].str.contains(r"^essenFolksong/.+\.abc#\d+$").all()
+    for row in manifest.itertuples():
+        assert row.path == f"audio/{row.label}/{row.id}.flac"
+        info = sf.info(out / row.path)
+        assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", 16000, 1)
+        audio, _ = sf.read(out / row.path)
+        assert 2.0 <= len(audio) / 16000 <= 4.0
+        assert row.duration == pytest.approx(len(audio) / 16000, abs=1e-3)
+        assert np.abs(audio).max() == pytest.approx(corpus.PEAK, abs=0.01)  # peak-normalised
+        assert np.abs(audio[-50:]).max() < 0.05  # faded out
+    assert pd.read_csv(out / "manifest.csv", keep_default_na=False)["id"].tolist() == manifest["id"].tolist()
+
+
+def test_cli_rebuild_with_two_workers_is_byte_identical(tiny, tmp_path):
+    manifest, first = tiny
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"corpus": {**TINY, "workers": 2}, "other_stage": {"x": 1}}))
+    parser = argparse.ArgumentParser()
+    corpus.register_cli(parser.add_subparsers())
+    args = parser.parse_args(["corpus", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "again")])
+    assert args.func(args) == 0
+    second = tmp_path / "again"
+    assert (second / "manifest.csv").read_bytes() == (first / "manifest.csv").read_bytes()
+    for path in manifest["path"]:
+        assert (second / path).read_bytes() == (first / path).read_bytes(), path
+
+
+def test_shared_pool_replaces_the_scores_own_instruments(tiny, tmp_path):
+    manifest, _ = tiny
+    drawn = [[int(p) for p in row.split(";")] for row in manifest["programs"]]
+    assert all(set(progs) <= set(PROGRAM_POOL) for progs in drawn)
+    bach = manifest[manifest["label"] == "bach_chorale"]
+    own = build_corpus(CorpusConfig(**{**TINY, "classes": ["bach_chorale"], "instrumentation": "score"}), tmp_path, False)
+    assert own["id"].tolist() == bach["id"].tolist()  # same pieces ...
+    assert (own["programs"] != bach["programs"].to_numpy()).all()  # ... other instruments
+    assert set(own["programs"]) == {"0;0;0;0"}  # music21 exports vocal parts as piano
+
+
+def test_program_draw_does_not_depend_on_the_class():
+    """Drawn from the piece id and seed only: both classes' ids cover the whole pool alike."""
+    for ids in (
+        [f"bach-bwv{i}" for i in range(200)],
+        [f"essenFolksong-han1-x{i}" for i in range(200)],
+    ):
+        drawn = [p for i in ids for p in draw_programs(list(PROGRAM_POOL), 4, seed=0, piece_id=i)]
+        assert set(drawn) == set(PROGRAM_POOL)
+        assert max(np.bincount(drawn)) < 2 * len(drawn) / len(PROGRAM_POOL)  # no program dominates
+    assert draw_programs([1, 2, 3], 4, 0, "a") == draw_programs([1, 2, 3], 4, 0, "a")
+    assert draw_programs([1, 2, 3], 4, 0, "a", draw=1) != draw_programs([1, 2, 3], 4, 0, "a")
+
+
+def test_a_broken_score_is_skipped_with_a_reason_and_the_build_goes_on(tmp_path, monkeypatch):
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "good.abc").write_text("X:1\nT:Good\nM:4/4\nL:1/4\nQ:1/4=120\nK:C\nCDEF|GABc|cBAG|FEDC|]\n")
+    (scores / "broken.xml").write_text("<?xml version='1.0'?><score-partwise><part id='P1'><measure")
+    (scores / "empty.abc").write_text("X:1\nT:Nothing\nK:C\n")
+    monkeypatch.setitem(corpus.CLASSES, "mini", StyleClass((str(scores),), ("*.abc", "*.xml"), "tester"))
+    config = CorpusConfig(classes=["mini"], pieces_per_class=3, max_seconds=4.0, min_seconds=2.0, workers=1)
+    manifest = build_corpus(config, tmp_path / "out", progress=False)
+    assert manifest["source"].tolist() == ["scores/good.abc"]
+    assert manifest["title"].tolist() == ["Good"]
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert sorted(skipped["source"]) == ["scores/broken.xml", "scores/empty.abc"]
+    assert skipped["reason"].str.len().gt(5).all()
+
+
+def test_second_instrument_draw_is_written_next_to_the_first(tmp_path):
+    config = CorpusConfig(**{**TINY, "classes": ["bach_chorale"], "pieces_per_class": 1, "draws": 2})
+    manifest = build_corpus(config, tmp_path, progress=False)
+    row = manifest.iloc[0]
+    assert row["draw_paths"] == f"audio/bach_chorale/{row['id']}__draw1.flac"
+    first, _ = sf.read(tmp_path / row["path"])
+    second, _ = sf.read(tmp_path / row["draw_paths"])
+    assert not np.array_equal(first[: len(second)], second[: len(first)])
+
+
+def test_from_dict_rejects_unknown_keys_and_bad_values():
+    assert CorpusConfig.from_dict(None) == CorpusConfig()
+    assert CorpusConfig.from_dict({"pieces_per_class": 3}).pieces_per_class == 3
+    with pytest.raises(ValueError, match=r"unknown corpus keys \['piece_per_class'\]"):
+        CorpusConfig.from_dict({"piece_per_class": 3})
+    with pytest.raises(ValueError, match="unknown"):
+        CorpusConfig.from_dict({"classes": ["bach_chorale", "jazz"]})
+    with pytest.raises(ValueError, match="instrumentation"):
+        CorpusConfig.from_dict({"instrumentation": "random"})

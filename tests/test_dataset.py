@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from cml.dataset import TracksConfig, build_tracks, has_audio_files, resolve_audio_dir
+
+
+def tone(path, seconds=2.0, freq=440.0, sr=16000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A rendered-corpus folder as the `corpus` stage writes it: audio/<label>/<id>.flac + manifest.csv."""
+    root = tmp_path / "corpus"
+    rows = []
+    for label in ("bach_chorale", "trecento"):
+        for i in range(4):
+            rel = f"audio/{label}/{label}-{i}.flac"
+            tone(root / rel, freq=200 + 50 * i)
+            rows.append(dict(id=f"{label}-{i}", path=rel, label=label, composer=f"c{i}",
+                             title=f"Piece {i}", duration=2.0, source=f"src{i}", programs="0;40"))
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def test_auto_source_prefers_user_audio_only_when_present(tmp_path, corpus):
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    (data / "audio" / ".DS_Store").write_bytes(b"x")
+    assert not has_audio_files(data / "audio")
+    assert resolve_audio_dir("auto", corpus, data) == ("corpus", corpus / "audio")
+    tone(data / "audio" / "mine.wav")
+    assert resolve_audio_dir("auto", corpus, data) == ("data", data / "audio")
+    assert resolve_audio_dir("corpus", corpus, data)[0] == "corpus"
+
+
+def test_build_tracks_from_corpus_joins_manifest_and_splits(tmp_path, corpus):
+    tracks, skipped, source = build_tracks(TracksConfig(min_duration=1.0), corpus, tmp_path / "none",
+                                           progress=False)
+    assert source == "corpus" and skipped.empty
+    assert len(tracks) == 8
+    assert set(tracks["label"]) == {"bach_chorale", "trecento"}
+    assert tracks["title"].notna().all() and tracks["composer"].notna().all()
+    assert set(tracks["split"]) <= {"train", "val", "test"}
+    assert (tracks.groupby("label")["split"].apply(lambda s: "test" in set(s))).all()
+    again, _, _ = build_tracks(TracksConfig(min_duration=1.0), corpus, tmp_path / "none", progress=False)
+    pd.testing.assert_series_equal(tracks["split"], again["split"])
+
+
+def test_build_tracks_reports_bad_user_files(tmp_path, corpus):
+    data = tmp_path / "data"
+    tone(data / "audio" / "rock" / "a.wav")
+    tone(data / "audio" / "rock" / "b.wav")
+    tone(data / "audio" / "loose.wav")
+    (data / "audio" / "rock" / "broken.mp3").write_bytes(b"ID3" + bytes(100))
+    tracks, skipped, source = build_tracks(TracksConfig(min_duration=1.0), corpus, data, progress=False)
+    assert source == "data"
+    assert len(tracks) == 3
+    assert tracks["label"].isna().sum() == 1  # the loose file has no label
+    assert [p.split("/")[-1] for p in skipped["path"]] == ["broken.mp3"]
+
+
+def test_config_rejects_unknown_keys_and_sources():
+    with pytest.raises(ValueError, match="unknown keys"):
+        TracksConfig.from_dict({"sauce": "auto"})
+    with pytest.raises(ValueError, match="tracks.source"):
+        TracksConfig.from_dict({"source": "spotify"})

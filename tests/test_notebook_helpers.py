@@ -1,0 +1,88 @@
+import json
+import math
+
+import matplotlib
+import numpy as np
+import pytest
+
+from cml.evaluation import knn_accuracy, lead_program, majority_rate, style_timbre_probe
+from cml.notebook import find_repo_root, save_figure, write_metrics
+from cml.params import load_params
+
+matplotlib.use("Agg")
+
+
+def test_write_metrics_is_stable_and_json_safe(tmp_path):
+    path = tmp_path / "m" / "metrics.json"
+    written = write_metrics(path, {"b": np.float32(0.1234567891), "a": 3, "nan": math.nan, "n": np.int64(2)})
+    assert written == {"a": 3, "b": 0.123457, "n": 2, "nan": None}
+    first = path.read_bytes()
+    assert list(json.loads(first)) == ["a", "b", "n", "nan"]
+    write_metrics(path, {"nan": math.nan, "n": 2, "b": 0.1234567891, "a": 3})
+    assert path.read_bytes() == first
+
+
+def test_saved_figures_are_byte_identical(tmp_path):
+    import matplotlib.pyplot as plt
+
+    def draw(path):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 0, 2])
+        save_figure(fig, path)
+        plt.close(fig)
+        return path.read_bytes()
+
+    assert draw(tmp_path / "a.png") == draw(tmp_path / "b.png")
+
+
+def test_find_repo_root_walks_up(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "notebooks").mkdir()
+    assert find_repo_root(tmp_path / "notebooks") == tmp_path.resolve()
+    with pytest.raises(FileNotFoundError, match="dvc.yaml"):
+        find_repo_root(tmp_path.parent)
+
+
+def test_load_params_sections_and_errors(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("a:\n  x: 1\nb:\n")
+    assert load_params(path, "a") == {"x": 1}
+    assert load_params(path, "b") == {}
+    with pytest.raises(KeyError, match="no 'c' section"):
+        load_params(path, "c")
+    with pytest.raises(FileNotFoundError):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_knn_accuracy_separable_and_chance():
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal([5, 0], 0.1, (20, 2)), rng.normal([0, 5], 0.1, (20, 2))])
+    y = np.array([0] * 20 + [1] * 20)
+    idx = rng.permutation(40)
+    train, test = idx[:30], idx[30:]
+    assert knn_accuracy(X[train], y[train], X[test], y[test], k=5) == 1.0
+    # labels unrelated to the features score near chance, not perfectly
+    y_random = rng.integers(0, 2, 40)
+    assert knn_accuracy(X[train], y_random[train], X[test], y_random[test], k=5) < 1.0
+    assert math.isnan(knn_accuracy(X[:0], y[:0], X, y))
+
+
+def test_style_timbre_probe_tells_which_one_the_space_encodes():
+    rng = np.random.default_rng(1)
+    n = 60
+    style = rng.integers(0, 3, n)
+    timbre = rng.integers(0, 3, n)
+    X = np.eye(3)[timbre] * 5 + rng.normal(0, 0.1, (n, 3))  # the space encodes timbre only
+    split = np.where(np.arange(n) < 40, "train", "test")
+    probe = style_timbre_probe(X, style, timbre, split, k=5)
+    assert probe["knn_timbre_acc"] == 1.0
+    assert probe["knn_label_acc"] < 0.7
+    assert probe["label_chance"] == majority_rate(style[40:])
+    assert "knn_timbre_acc" not in style_timbre_probe(X, style, None, split)
+
+
+def test_lead_program_and_majority_rate():
+    assert lead_program("40;41;42") == "40"
+    assert lead_program(19) == "19"
+    assert majority_rate(np.array(["a", "a", "b", "c"])) == 0.5
+    assert math.isnan(majority_rate(np.array([])))
