@@ -180,6 +180,11 @@ def list_pieces(label: str) -> list[Piece]:
     return pieces
 
 
+def one_line(text: object) -> str:
+    """Score metadata can hold line breaks and runs of spaces (trecento sources list manuscripts): fold them."""
+    return " ".join(str(text).split())
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
@@ -262,10 +267,10 @@ def _load(piece: Piece, config: CorpusConfig):
     """The piece's first max_seconds as pretty_midi, ready to render, with its title and composer."""
     score = _parse(piece)
     md = score.metadata
-    title = str((md and (md.title or md.movementName)) or piece.path.stem).strip()
+    title = one_line((md and (md.title or md.movementName)) or piece.path.stem)
     composer = piece.composer
     if composer == METADATA:
-        composer = ((md and md.composer) or "").strip()
+        composer = one_line((md and md.composer) or "")
         composer = "anonymous" if composer.lower() in ("", "anonymous", "anon.", "anon") else composer
     # cut in the score, with margin for the last notes: long movements translate fast and stay under
     # pretty_midi's 1e7-tick limit

@@ -75,6 +75,16 @@ def attach_manifest(tracks: pd.DataFrame, corpus_dir: Path) -> pd.DataFrame:
     return merged.drop(columns="_resolved")
 
 
+def portable_path(path: str | Path) -> str:
+    """A path relative to the working directory (the repo root in the pipeline) when it lies inside it,
+    so that the track table is the same in every clone; absolute otherwise."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def build_tracks(
     config: TracksConfig, corpus_dir: Path, data_dir: Path, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
@@ -87,6 +97,7 @@ def build_tracks(
     tracks = scan.tracks
     if source == "corpus":
         tracks = attach_manifest(tracks, corpus_dir)
+    tracks["path"] = tracks["path"].map(portable_path)
     if tracks.empty:
         tracks["split"] = pd.Series(dtype=str)
         return tracks, scan.skipped, source

@@ -111,3 +111,7 @@ def test_from_dict_rejects_unknown_keys_and_bad_values():
         CorpusConfig.from_dict({"classes": ["bach_chorale", "jazz"]})
     with pytest.raises(ValueError, match="instrumentation"):
         CorpusConfig.from_dict({"instrumentation": "random"})
+
+
+def test_metadata_is_folded_to_one_line():
+    assert corpus.one_line("Anonymous D-Bs 261 (Cfirm)\nI-Rvat 1419  (Cp) ") == "Anonymous D-Bs 261 (Cfirm) I-Rvat 1419 (Cp)"

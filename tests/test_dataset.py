@@ -69,3 +69,10 @@ def test_config_rejects_unknown_keys_and_sources():
         TracksConfig.from_dict({"sauce": "auto"})
     with pytest.raises(ValueError, match="tracks.source"):
         TracksConfig.from_dict({"source": "spotify"})
+
+
+def test_paths_are_relative_inside_the_working_directory(tmp_path, corpus, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracks, _, _ = build_tracks(TracksConfig(min_duration=1.0), corpus, tmp_path / "none", progress=False)
+    assert all(p.startswith("corpus/audio/") for p in tracks["path"])
+    assert tracks["composer"].notna().all()  # the manifest still matches relative paths
