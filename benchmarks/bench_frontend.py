@@ -1,7 +1,7 @@
 """Front-end throughput: decode + resample + log-mel from files on disk, and peak memory on a long track.
 
 Throughput is reported as seconds of audio per second of wall time (target: 500x real time or more).
-Peak memory of `track_logmel` on a long track is measured in a fresh subprocess (ru_maxrss above the
+Peak memory of `track_logmel` on a long track is measured in a fresh subprocess (VmHWM above the
 import baseline) next to the one-shot `LogMel()(load_audio(...))`, to show that block-wise extraction
 keeps memory bounded. All audio is synthesised into a temporary folder.
 
@@ -86,14 +86,16 @@ def throughput(pool: Pool, paths: list[Path], fn, repeat: int) -> tuple[float, f
     return audio, min(walls)
 
 
+# VmHWM (peak RSS of this process image), not ru_maxrss: after fork + exec, ru_maxrss starts at the parent's peak.
 PEAK_SCRIPT = """
-import resource, sys, torch
+import re, sys, torch
 from cml.audio import LogMel, MelConfig, load_audio, track_logmel
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():
+    return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+base = hwm()
 with torch.inference_mode():
     out = track_logmel(sys.argv[1]) if sys.argv[2] == "blocks" else LogMel()(load_audio(sys.argv[1]))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base, peak, tuple(out.shape))
+print(base, hwm(), tuple(out.shape))
 """
 
 

@@ -10,7 +10,9 @@ import logging
 import sys
 
 # Modules that contribute sub-commands, in the order `cml --help` lists them.
-COMMAND_MODULES = ("corpus", "audio", "dataset", "features", "clustering", "spotify")
+COMMAND_MODULES = (
+    "corpus", "audio", "dataset", "features", "train", "embed", "evaluation", "clustering", "spotify",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 FOLDER = "<folder>"  # composer rule: the corpus folder the score lives in ("haydn", "mozart", ...)
 METADATA = "<metadata>"  # composer rule: the score's metadata, "anonymous" where it names nobody
 
-MANIFEST_COLUMNS = ["id", "path", "label", "composer", "title", "duration", "source", "programs", "draw_paths"]
+# One row per rendering: `piece` names the score, `draw` its instrument draw (id = piece, or piece__draw<k>).
+MANIFEST_COLUMNS = ["id", "piece", "draw", "path", "label", "composer", "title", "duration", "source", "programs"]
 PEAK = 0.9  # peak level after normalisation: headroom so PCM_16 never clips
 FADE_SECONDS = 0.5  # fade-out at the end of every excerpt, so a cut mid-note does not click
 SILENCE = 1e-3  # trailing samples below this (after normalisation) are trimmed
@@ -219,7 +220,7 @@ class _Skip(Exception):
 
 
 def render_piece(piece: Piece, config: CorpusConfig, out_dir: Path) -> dict:
-    """Render one piece (all its draws) to FLAC; a manifest row, or {'source', 'reason'} when skipped."""
+    """Render one piece (all its draws) to FLAC: {'rows': manifest rows}, or {'source', 'reason'} when skipped."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # music21 and pretty_midi warn a lot on odd but usable scores
@@ -249,18 +250,22 @@ def _render(piece: Piece, config: CorpusConfig, out_dir: Path) -> dict:
     paths = [label_dir / (piece.id + (f"__draw{k}" if k else "") + ".flac") for k in range(config.draws)]
     for path, audio in zip(paths, audios):
         sf.write(path, audio, config.sample_rate, format="FLAC", subtype="PCM_16")
-    rel = [p.relative_to(out_dir).as_posix() for p in paths]
-    return {
-        "id": piece.id,
-        "path": rel[0],
-        "label": piece.label,
-        "composer": composer,
-        "title": title,
-        "duration": round(len(audios[0]) / config.sample_rate, 3),
-        "source": piece.source,
-        "programs": ";".join(map(str, program_lists[0])),
-        "draw_paths": ";".join(rel[1:]),
-    }
+    rows = [
+        {
+            "id": path.stem,
+            "piece": piece.id,
+            "draw": draw,
+            "path": path.relative_to(out_dir).as_posix(),
+            "label": piece.label,
+            "composer": composer,
+            "title": title,
+            "duration": round(len(audio) / config.sample_rate, 3),
+            "source": piece.source,
+            "programs": ";".join(map(str, programs)),
+        }
+        for draw, (path, audio, programs) in enumerate(zip(paths, audios, program_lists))
+    ]
+    return {"rows": rows}
 
 
 def _load(piece: Piece, config: CorpusConfig):
@@ -407,7 +412,7 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, progress: bool = Tru
                     skipped.append(result)
                     bar.total += 1 if queues[piece.label] else 0
                 else:
-                    rows.append(result)
+                    rows.extend(result["rows"])
                     needed[piece.label] -= 1
                 bar.update()
     finally:
@@ -429,7 +434,7 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, progress: bool = Tru
 
 def _warn_stale(out_dir: Path, manifest: pd.DataFrame) -> None:
     """Files from an earlier build with other params are not deleted (we never delete user data), but said."""
-    listed = set(manifest["path"]) | {p for d in manifest["draw_paths"] for p in d.split(";") if p}
+    listed = set(manifest["path"])
     stale = [p for p in (out_dir / "audio").rglob("*.flac") if p.relative_to(out_dir).as_posix() not in listed]
     if stale:
         log.warning("%d FLAC files under %s are not in this manifest (left from an earlier build)", len(stale), out_dir / "audio")

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "corpus", "data")
 # Columns of the corpus manifest carried over into the track table.
-MANIFEST_COLUMNS = ("composer", "title", "source", "programs", "piece")
+MANIFEST_COLUMNS = ("piece", "draw", "composer", "title", "source", "programs")
 
 
 @dataclass

@@ -1,8 +1,35 @@
-"""How well a feature space separates labels: the k-NN and clustering scores used across the project."""
+"""How well a feature space separates labels: the k-NN, linear-probe and clustering scores of the project.
+
+`evaluate_embeddings` gives the headline metrics of issue 3 for any feature table (`cml.tables` format:
+learned embeddings, the handcrafted baseline, a Spotify CSV): trained on the train split, scored on the
+held-out test split. `length_extrapolation` scores the crop embeddings of `cml.embed.crop_embeddings`.
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Mapping, Optional
+
 import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+from cml.clustering import cluster, evaluate, l2_normalise
+from cml.split import split_tracks
+from cml.tables import read_feature_table
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("knn_acc", "linear_acc", "nmi", "ari")
+LINEAR_MAX_ITER = 5000  # lbfgs iterations of the linear probe; enough for 128-d standardised features
 
 
 def knn_accuracy(
@@ -55,3 +82,173 @@ def style_timbre_probe(
         result["knn_timbre_acc"] = knn_accuracy(X[train], timbres[train], X[test], timbres[test], k)
         result["timbre_chance"] = majority_rate(timbres[test])
     return result
+
+
+# --------------------------------------------------------------------------------------------------
+# The issue-3 metrics of an embedding: k-NN, linear probe, k-means NMI/ARI
+
+
+def _l2(X: np.ndarray) -> np.ndarray:
+    return l2_normalise(np.asarray(X, dtype=np.float64))
+
+
+def linear_probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
+                          seed: int = 0) -> float:
+    """Test accuracy of a logistic regression fitted on the train split.
+
+    Rows are L2-normalised (the cosine geometry the k-NN and clustering use) and then standardised
+    with train-split statistics, so no feature dominates by scale; L2 penalty C=1, lbfgs, seeded.
+    """
+    if len(X_train) == 0 or len(X_test) == 0:
+        return float("nan")
+    probe = make_pipeline(FunctionTransformer(_l2), StandardScaler(),
+                          LogisticRegression(max_iter=LINEAR_MAX_ITER, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # separable data never "converges"; accuracy is fine
+        probe.fit(X_train, np.asarray(y_train))
+    return float(np.mean(probe.predict(X_test) == np.asarray(y_test)))
+
+
+def kmeans_agreement(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """NMI and ARI of k-means (k = number of distinct labels, n_init=10, seeded) on L2-normalised rows."""
+    n_classes = len(np.unique(y))
+    result = cluster(X, "kmeans", k=n_classes, seed=seed, normalise=True)
+    scores = evaluate(_l2(X), result.labels, y, seed=seed)
+    return {"nmi": scores["nmi"], "ari": scores["ari"]}
+
+
+def evaluate_embeddings(X: np.ndarray, labels: Optional[np.ndarray], split: Optional[np.ndarray],
+                        k: int = 5, seed: int = 0) -> dict:
+    """The headline metrics of a feature space, trained on the train split and scored on the test split.
+
+    Keys: ``knn_acc`` (cosine k-NN, k=5), ``linear_acc`` (linear probe), ``nmi`` and ``ari`` (k-means at
+    the true number of classes, on the test split's rows), plus ``n_train``, ``n_test``, ``n_classes``
+    and ``chance`` (majority-class rate on test). Rows without a label are left out; rows of other splits
+    (val) are unused. Without a split, only nmi and ari are computed, over all labelled rows; without
+    labels, none. Whatever is missing is explained under ``notes`` (and logged), never silently absent.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    out: dict = {"n": int(len(X)), "dim": int(X.shape[1]) if X.ndim == 2 else 0}
+    notes: dict[str, str] = {}
+    if labels is None:
+        for key in METRIC_KEYS:
+            notes[key] = "no labels"
+        return _with_notes(out, notes)
+    y = pd.Series(labels, dtype=object)
+    has = y.notna().to_numpy()
+    y = y.astype(str).to_numpy()
+    if not has.all():
+        notes["unlabelled"] = f"{int((~has).sum())} rows without a label left out"
+    if split is None:
+        notes["knn_acc"] = notes["linear_acc"] = "no train/test split"
+        rows = has
+        notes["split"] = "none given: nmi and ari are computed over all labelled rows"
+    else:
+        split = np.asarray(split, dtype=object)
+        train, rows = has & (split == "train"), has & (split == "test")
+        out.update(n_train=int(train.sum()), n_test=int(rows.sum()))
+        if not train.any() or not rows.any():
+            notes["knn_acc"] = notes["linear_acc"] = (
+                f"empty split: {int(train.sum())} labelled train rows, {int(rows.sum())} labelled test rows")
+        else:
+            out["chance"] = majority_rate(y[rows])
+            out["knn_acc"] = knn_accuracy(X[train], y[train], X[rows], y[rows], k)
+            if len(np.unique(y[train])) < 2:
+                notes["linear_acc"] = "fewer than two classes in the train split"
+            else:
+                out["linear_acc"] = linear_probe_accuracy(X[train], y[train], X[rows], y[rows], seed)
+    n_classes = len(np.unique(y[rows]))
+    out["n_classes"] = n_classes
+    if n_classes < 2 or n_classes >= rows.sum():
+        reason = f"k-means needs 2 <= classes < rows; got {n_classes} classes in {int(rows.sum())} rows"
+        notes["nmi"] = notes["ari"] = reason
+    else:
+        out.update(kmeans_agreement(X[rows], y[rows], seed))
+    return _with_notes(out, notes)
+
+
+def _with_notes(out: dict, notes: dict[str, str]) -> dict:
+    for key, why in notes.items():
+        log.info("evaluation: %s: %s", key, why)
+    return {**out, "notes": notes} if notes else out
+
+
+def length_extrapolation(X_train: np.ndarray, y_train: np.ndarray, crops: Mapping[str, np.ndarray],
+                         y_test: np.ndarray, k: int = 5, seed: int = 0) -> pd.DataFrame:
+    """One row per crop: how the test tracks score when embedded from that crop (see `cml.embed.crop_embeddings`).
+
+    The k-NN and linear probe are fitted once on the train split's reference embeddings (full tracks)
+    and applied to each crop's test embeddings, so a model whose embedding does not drift with input
+    length scores the same on every row; NMI/ARI come from k-means on each crop's test embeddings.
+    """
+    y_train, y_test = np.asarray(y_train).astype(str), np.asarray(y_test).astype(str)
+    knn = KNeighborsClassifier(n_neighbors=max(1, min(k, len(X_train))), metric="cosine", algorithm="brute")
+    knn.fit(X_train, y_train)
+    probe = make_pipeline(FunctionTransformer(_l2), StandardScaler(),
+                          LogisticRegression(max_iter=LINEAR_MAX_ITER, random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        probe.fit(X_train, y_train)
+    rows = []
+    for name, X in crops.items():
+        rows.append({"crop": name, "knn_acc": float(np.mean(knn.predict(X) == y_test)),
+                     "linear_acc": float(np.mean(probe.predict(X) == y_test)), **kmeans_agreement(X, y_test, seed)})
+    return pd.DataFrame(rows).set_index("crop")
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _split_for(table, args: argparse.Namespace) -> np.ndarray:
+    """Split per row: from --split tracks.csv, else the table's own split column, else a seeded stratified one."""
+    if args.split:
+        tracks = pd.read_csv(args.split, dtype={"id": str})
+        if not {"id", "split"} <= set(tracks.columns):
+            raise ValueError(f"{args.split} needs columns id and split")
+        split = pd.Series(table.ids).map(tracks.set_index("id")["split"]).to_numpy(dtype=object)
+        missing = pd.isna(split)
+        if missing.all():
+            raise ValueError(f"no id of {args.file} appears in {args.split}")
+        if missing.any():
+            log.warning("%d rows have no split in %s and are left out", missing.sum(), args.split)
+        return split
+    if "split" in table.meta.columns:
+        log.info("using the split column of %s", args.file)
+        return table.meta["split"].to_numpy(dtype=object)
+    frame = pd.DataFrame({"id": table.ids, "label": table.labels if table.labels is not None else None})
+    log.info("no split given: seeded stratified %.0f/%.0f train/test split", 100 * (1 - args.test_fraction),
+             100 * args.test_fraction)
+    return split_tracks(frame, {"train": 1 - args.test_fraction, "test": args.test_fraction},
+                        seed=args.seed).to_numpy(dtype=object)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    try:
+        table = read_feature_table(args.file, label_column=args.label_column, drop_invalid=args.drop_invalid)
+        split = _split_for(table, args)
+    except (OSError, ValueError) as err:
+        print(f"cml evaluate: error: {err}", file=sys.stderr)
+        return 1
+    metrics = evaluate_embeddings(table.X, table.labels, split, k=args.k, seed=args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `cml evaluate FILE --out metrics.json [--split tracks.csv]`."""
+    p = subparsers.add_parser("evaluate", help="k-NN, linear-probe, NMI and ARI of a feature table",
+                              description="k-NN accuracy (cosine), linear-probe accuracy and k-means NMI/ARI "
+                                          "of a feature table, trained on train and scored on test.")
+    p.add_argument("file", help="feature table (.parquet or .csv with an id column and numeric features)")
+    p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--split", help="tracks.csv with id and split columns (default: the table's split column, "
+                                   "else a seeded stratified split)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="test share of the fallback split")
+    p.add_argument("--label-column", default="label", help="column holding the true labels (default: label)")
+    p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN vote")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drop-invalid", action="store_true", help="drop rows with NaN/inf or repeated ids")
+    p.set_defaults(func=_cmd_evaluate)

@@ -92,14 +92,18 @@ def test_a_broken_score_is_skipped_with_a_reason_and_the_build_goes_on(tmp_path,
     assert skipped["reason"].str.len().gt(5).all()
 
 
-def test_second_instrument_draw_is_written_next_to_the_first(tmp_path):
+def test_second_instrument_draw_is_a_row_of_its_own_for_the_same_piece(tmp_path):
     config = CorpusConfig(**{**TINY, "classes": ["bach_chorale"], "pieces_per_class": 1, "draws": 2})
     manifest = build_corpus(config, tmp_path, progress=False)
-    row = manifest.iloc[0]
-    assert row["draw_paths"] == f"audio/bach_chorale/{row['id']}__draw1.flac"
-    first, _ = sf.read(tmp_path / row["path"])
-    second, _ = sf.read(tmp_path / row["draw_paths"])
-    assert not np.array_equal(first[: len(second)], second[: len(first)])
+    assert len(manifest) == 2 and manifest["piece"].nunique() == 1
+    first, second = manifest.sort_values("draw").to_dict("records")
+    assert (first["draw"], second["draw"]) == (0, 1)
+    assert first["id"] == first["piece"] and second["id"] == f"{first['piece']}__draw1"
+    assert second["path"] == f"audio/bach_chorale/{second['id']}.flac"
+    assert first["programs"] != second["programs"]  # a new instrument draw, the same notes
+    a, _ = sf.read(tmp_path / first["path"])
+    b, _ = sf.read(tmp_path / second["path"])
+    assert not np.array_equal(a[: len(b)], b[: len(a)])
 
 
 def test_from_dict_rejects_unknown_keys_and_bad_values():

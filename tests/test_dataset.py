@@ -19,10 +19,13 @@ def corpus(tmp_path):
     rows = []
     for label in ("bach_chorale", "trecento"):
         for i in range(4):
-            rel = f"audio/{label}/{label}-{i}.flac"
-            tone(root / rel, freq=200 + 50 * i)
-            rows.append(dict(id=f"{label}-{i}", path=rel, label=label, composer=f"c{i}",
-                             title=f"Piece {i}", duration=2.0, source=f"src{i}", programs="0;40"))
+            for draw in range(2):  # two instrument draws per piece
+                piece = f"{label}-{i}"
+                rid = piece + (f"__draw{draw}" if draw else "")
+                rel = f"audio/{label}/{rid}.flac"
+                tone(root / rel, freq=200 + 50 * i + draw)
+                rows.append(dict(id=rid, piece=piece, draw=draw, path=rel, label=label, composer=f"c{i}",
+                                 title=f"Piece {i}", duration=2.0, source=f"src{i}", programs=f"{draw};40"))
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     return root
 
@@ -42,8 +45,10 @@ def test_build_tracks_from_corpus_joins_manifest_and_splits(tmp_path, corpus):
     tracks, skipped, source = build_tracks(TracksConfig(min_duration=1.0), corpus, tmp_path / "none",
                                            progress=False)
     assert source == "corpus" and skipped.empty
-    assert len(tracks) == 8
+    assert len(tracks) == 16
     assert set(tracks["label"]) == {"bach_chorale", "trecento"}
+    assert tracks.groupby("piece")["split"].nunique().max() == 1  # both draws of a piece on one side
+    assert tracks.groupby("piece")["programs"].nunique().min() == 2
     assert tracks["title"].notna().all() and tracks["composer"].notna().all()
     assert set(tracks["split"]) <= {"train", "val", "test"}
     assert (tracks.groupby("label")["split"].apply(lambda s: "test" in set(s))).all()

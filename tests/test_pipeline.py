@@ -27,13 +27,21 @@ pytestmark = pytest.mark.e2e
 TINY_PARAMS = {
     "corpus": {
         "classes": ["bach_chorale", "celtic_fiddle", "essen_folk"],
-        "pieces_per_class": 3,
+        "pieces_per_class": 4,
         "max_seconds": 6.0,
         "min_seconds": 2.0,
     },
     "tracks": {"min_duration": 1.0},
     "features": {"max_seconds": 6.0},
     "data_analysis": {"projection": "pca", "example_seconds": 2.0},
+    "train": {
+        "variants": ["none", "rope2d"],
+        "model": {"dim": 32, "depth": 1, "heads": 2, "embed_dim": 32, "proj_dim": 16},
+        "crop_seconds": 2.0,
+        "batch_size": 4,
+        "epochs": 1,
+        "crops_per_track": 2,
+    },
 }
 
 
@@ -107,6 +115,14 @@ def test_first_run_produces_corpus_tracks_features_notebook_and_metrics(repo: Pa
     assert metrics["spotify_tracks"] == 0
     assert 0.0 <= metrics["handcrafted_knn_label_acc"] <= 1.0
     assert list((repo / "outputs/data_analysis/figures").glob("*.png"))
+    for variant in TINY_PARAMS["train"]["variants"]:
+        assert (repo / f"outputs/train/{variant}-s0/best.pt").is_file()
+        assert notebook_errors(repo / f"outputs/notebooks/Train-{variant}-s0.ipynb") == []
+        assert (repo / f"outputs/embeddings/{variant}-s0/tracks.8x.parquet").is_file()
+    assert notebook_errors(repo / "outputs/notebooks/Compare.ipynb") == []
+    comparison = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
+    assert {"contrastive/none", "contrastive/rope2d", "untrained/rope2d", "baseline/handcrafted"} <= set(comparison)
+    assert set(comparison["contrastive/rope2d"]) >= {"knn_acc", "linear_acc", "nmi", "ari"}
 
 
 def test_status_is_clean_and_second_repro_runs_nothing(repo: Path):
@@ -119,7 +135,7 @@ def test_changed_param_shows_in_metrics_diff(repo: Path):
     sh("git", "add", "-A", cwd=repo)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first run", cwd=repo)
     before = read_metrics(repo)["n_tracks"]
-    update_params(repo, {"corpus": {"pieces_per_class": 4}})
+    update_params(repo, {"corpus": {"pieces_per_class": 5}})
     sh("dvc", "repro", cwd=repo)
     after = read_metrics(repo)["n_tracks"]
     assert after > before
@@ -138,7 +154,7 @@ def test_user_audio_with_bad_files_is_reported_and_pipeline_runs(repo: Path):
     audio = repo / "data/audio"
     for label, base in [("low", 220.0), ("high", 1760.0)]:
         (audio / label).mkdir()
-        for i in range(3):
+        for i in range(5):
             write_tone(audio / label / f"tone{i}.wav", 3.0, base * (1 + 0.1 * i))
     bad = {
         "low/corrupt.wav": b"RIFF\x00\x00junk" + os.urandom(2000),
@@ -153,11 +169,12 @@ def test_user_audio_with_bad_files_is_reported_and_pipeline_runs(repo: Path):
     sh("dvc", "repro", cwd=repo)
 
     tracks = pd.read_csv(repo / "outputs/tracks/tracks.csv")
-    assert sorted(tracks["label"].value_counts().to_dict().items()) == [("high", 3), ("low", 3)]
+    assert sorted(tracks["label"].value_counts().to_dict().items()) == [("high", 5), ("low", 5)]
     skipped = pd.read_csv(repo / "outputs/tracks/skipped.csv")
     skipped_names = {Path(p).name for p in skipped["path"]}
     assert skipped_names == {"corrupt.wav", "empty.flac", "notes.txt", "silence.wav"}
     assert skipped["reason"].str.len().gt(0).all()
     metrics = read_metrics(repo)
-    assert metrics["n_tracks"] == 6 and metrics["n_skipped"] == 4
+    assert metrics["n_tracks"] == 10 and metrics["n_skipped"] == 4
     assert notebook_errors(repo / "outputs/notebooks/DataAnalysis.ipynb") == []
+    assert notebook_errors(repo / "outputs/notebooks/Compare.ipynb") == []

@@ -1,0 +1,373 @@
+"""One embedding per track from a trained (or untrained) encoder: the input of evaluation and clustering.
+
+A track is embedded from a FULL-LENGTH pass by default: its whole log-mel (`track_logmel`, computed block
+by block) is standardised with the checkpoint's `Normalizer` and goes through `Encoder.embed` in one
+pass, batch of 1 since lengths differ. Every positional variant accepts inputs longer than its training
+crops, so nothing is cut or averaged. `mode="chunked"` averages the embeddings of fixed windows instead
+(`Encoder.embed_chunked`): for comparison with the one-pass embedding, and when a track is too long for
+memory. `crop_embeddings` embeds centred crops of 1x, 2x, 4x and 8x the training crop length next to
+the full track, for the length-extrapolation table.
+
+Output is the project's one feature-table format (`cml.tables`: Parquet with `id`, optional `label`,
+`path`, then the feature columns f0..f{d-1}; see that module's docstring). A `split` column is carried
+over from a track table, so `cml evaluate` can use the file on its own.
+
+Failures never stop a run: a track that cannot be decoded, is shorter than one token or gives a
+non-finite embedding is skipped with a one-line reason (`Embedded.skipped`, and `--skipped FILE`).
+
+MODEL on the command line is a checkpoint path, or `untrained:VARIANT` for the random-init baseline
+(architecture: `EncoderConfig` defaults, changed with `--set dim=64 --set depth=2 ...`, weights from
+`--seed`). An untrained model has no stored input standardisation, so its `Normalizer` is measured
+on the log-mels of (at most 16 of) the tracks to embed, the training split when there is one: a global
+mean and std, no labels involved, the same kind of constants a checkpoint stores.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cml.audio import MelConfig, scan_audio, track_logmel
+from cml.checkpoint import Normalizer, load_encoder, untrained_encoder
+from cml.model import Encoder, EncoderConfig
+from cml.tables import write_feature_table
+
+log = logging.getLogger(__name__)
+
+MODES = ("full", "chunked")
+UNTRAINED = "untrained:"  # MODEL prefix of the random-init baseline
+CROP_MULTIPLES = (1, 2, 4, 8)
+NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
+NORM_SECONDS = 30.0  # seconds read from each of them
+SKIP_COLUMNS = ["id", "path", "reason"]
+# What can go wrong with one track: decoding (soundfile raises RuntimeError/OSError), a too-short input
+# (ValueError from the encoder), running out of memory (MemoryError, torch.OutOfMemoryError).
+TRACK_ERRORS = (OSError, RuntimeError, ValueError, MemoryError)
+
+
+class Embedded(NamedTuple):
+    """Embeddings of the tracks that worked, aligned row by row, and the ones skipped with a reason."""
+
+    tracks: pd.DataFrame  # id, [label], path, [split], seconds (of audio embedded); index 0..n-1
+    X: np.ndarray  # (n, embed_dim) float32
+    skipped: pd.DataFrame  # id, path, reason
+
+    def write(self, path: str | Path) -> Path:
+        """Write as a feature table (`cml.tables`); `seconds` is dropped for CSV, where it would be a feature."""
+        extra = self.tracks.drop(columns=["id", "label"], errors="ignore")
+        if str(path).lower().endswith(".csv"):
+            extra = extra.drop(columns="seconds")
+        labels = self.tracks["label"] if "label" in self.tracks else None
+        return write_feature_table(path, self.tracks["id"], self.X, labels=labels, extra=extra)
+
+
+class CropEmbedded(NamedTuple):
+    """Per crop name ("1x", "2x", "4x", "8x", "full") the (n, embed_dim) embeddings of the same tracks."""
+
+    tracks: pd.DataFrame  # id, [label], path, [split], seconds (the full track)
+    X: dict[str, np.ndarray]
+    skipped: pd.DataFrame  # id, path, reason
+
+
+def frames(seconds: float, mel_config: MelConfig) -> int:
+    """Log-mel frames in `seconds` of audio."""
+    return round(seconds * mel_config.sample_rate / mel_config.hop_length)
+
+
+def _check_inputs(encoder: Encoder, mel_config: MelConfig, tracks: pd.DataFrame) -> None:
+    if mel_config.n_mels != encoder.cfg.n_mels:
+        raise ValueError(f"mel config has {mel_config.n_mels} mel bins, the encoder expects {encoder.cfg.n_mels}")
+    missing = {"id", "path"} - set(tracks.columns)
+    if missing:
+        raise ValueError(f"track table needs columns id and path; missing: {sorted(missing)}")
+    if tracks["id"].astype(str).duplicated().any():
+        raise ValueError(f"track ids must be unique; repeated: {tracks['id'][tracks['id'].duplicated()].tolist()[:5]}")
+
+
+def _track_rows(tracks: pd.DataFrame, kept: list[int], seconds: list[float]) -> pd.DataFrame:
+    cols = [c for c in ("id", "label", "path", "split") if c in tracks.columns]
+    rows = tracks.iloc[kept][cols].reset_index(drop=True)
+    rows["id"] = rows["id"].astype(str)
+    rows["path"] = rows["path"].astype(str)
+    rows["seconds"] = np.asarray(seconds, dtype=np.float64)
+    return rows
+
+
+def _logmel(path: str, mel_config: MelConfig, max_frames: Optional[int]) -> torch.Tensor:
+    """(n_mels, T) log-mel of a whole track, or of its first max_frames frames."""
+    x = track_logmel(path, mel_config)
+    return x if max_frames is None else x[:, :max_frames]
+
+
+def _skip(skipped: list[dict], row, reason: str) -> None:
+    reason = " ".join(str(reason).split())  # one line
+    log.info("skipped %s: %s", row.id, reason)
+    skipped.append({"id": str(row.id), "path": str(row.path), "reason": reason})
+
+
+@contextlib.contextmanager
+def _eval_mode(encoder: Encoder) -> Iterator[torch.device]:
+    """Eval mode (no dropout) for the duration, restored after; yields the encoder's device."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        yield next(encoder.parameters()).device
+    finally:
+        encoder.train(was_training)
+
+
+def _finish(kind: str, n: int, skipped: list[dict]) -> pd.DataFrame:
+    if skipped:
+        log.warning("%s: %d tracks embedded, %d skipped", kind, n, len(skipped))
+    return pd.DataFrame(skipped, columns=SKIP_COLUMNS)
+
+
+@torch.inference_mode()
+def embed_tracks(
+    encoder: Encoder,
+    mel_config: MelConfig,
+    normalizer: Normalizer,
+    tracks: pd.DataFrame,
+    mode: str = "full",
+    window_seconds: Optional[float] = None,
+    max_seconds: Optional[float] = None,
+    progress: bool = True,
+) -> Embedded:
+    """One embedding per row of `tracks` (columns id, path, optional label and split).
+
+    mode "full": the whole track (or its first `max_seconds`) in one encoder pass. mode "chunked":
+    the mean embedding of consecutive `window_seconds` windows (the last one aligned to the end), so a
+    window at least as long as the track gives exactly the full pass. The encoder runs in eval mode
+    (no dropout) whatever mode it was handed in, and is left as it was.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "chunked" and not window_seconds:
+        raise ValueError("mode 'chunked' needs window_seconds")
+    _check_inputs(encoder, mel_config, tracks)
+    max_frames = frames(max_seconds, mel_config) if max_seconds else None
+    window = frames(window_seconds, mel_config) if mode == "chunked" else None
+    kept, seconds, vectors, skipped = [], [], [], []
+    rows = tracks.itertuples(index=False)
+    for i, row in enumerate(tqdm(rows, total=len(tracks), desc=f"embed ({mode})", unit="track", disable=not progress)):
+        try:
+            with _eval_mode(encoder) as device:
+                x = normalizer(_logmel(row.path, mel_config, max_frames))[None].to(device)  # (1, M, T)
+                e = encoder.embed(x) if window is None else encoder.embed_chunked(x, window)
+        except TRACK_ERRORS as err:
+            _skip(skipped, row, f"{type(err).__name__}: {err}")
+            continue
+        e = e[0].float().cpu().numpy()
+        if not np.isfinite(e).all():
+            _skip(skipped, row, "non-finite embedding")
+            continue
+        kept.append(i)
+        seconds.append(x.shape[-1] * mel_config.hop_length / mel_config.sample_rate)
+        vectors.append(e)
+    X = np.stack(vectors) if vectors else np.zeros((0, encoder.cfg.embed_dim), np.float32)
+    return Embedded(_track_rows(tracks, kept, seconds), X, _finish("embed", len(kept), skipped))
+
+
+def centre_crop(x: torch.Tensor, length: int) -> torch.Tensor:
+    """The middle `length` frames of (..., T); the whole input when it is not longer."""
+    T = x.shape[-1]
+    start = max(0, (T - length) // 2)
+    return x[..., start:start + length]
+
+
+@torch.inference_mode()
+def crop_embeddings(
+    encoder: Encoder,
+    mel_config: MelConfig,
+    normalizer: Normalizer,
+    tracks: pd.DataFrame,
+    crop_seconds: float,
+    multiples: Sequence[int] = CROP_MULTIPLES,
+    progress: bool = True,
+) -> CropEmbedded:
+    """Embeddings of centred crops of m x `crop_seconds` (m in `multiples`) and of the full track.
+
+    The log-mel is computed once per track and cropped, so every crop sees the same frames as the full
+    pass. A crop longer than the track is the whole track (compare `tracks.seconds` with the crop length).
+    A track skipped for one crop is skipped for all, so every crop has the same rows.
+    """
+    _check_inputs(encoder, mel_config, tracks)
+    lengths = {f"{m}x": frames(m * crop_seconds, mel_config) for m in multiples}
+    kept, seconds, skipped = [], [], []
+    vectors: dict[str, list[np.ndarray]] = {name: [] for name in [*lengths, "full"]}
+    rows = tracks.itertuples(index=False)
+    for i, row in enumerate(tqdm(rows, total=len(tracks), desc="embed crops", unit="track", disable=not progress)):
+        try:
+            with _eval_mode(encoder) as device:
+                x = normalizer(_logmel(row.path, mel_config, None))[None].to(device)  # (1, M, T)
+                out = {name: encoder.embed(centre_crop(x, n))[0].float().cpu().numpy() for name, n in lengths.items()}
+                out["full"] = encoder.embed(x)[0].float().cpu().numpy()
+        except TRACK_ERRORS as err:
+            _skip(skipped, row, f"{type(err).__name__}: {err}")
+            continue
+        if not all(np.isfinite(e).all() for e in out.values()):
+            _skip(skipped, row, "non-finite embedding")
+            continue
+        kept.append(i)
+        seconds.append(x.shape[-1] * mel_config.hop_length / mel_config.sample_rate)
+        for name, e in out.items():
+            vectors[name].append(e)
+    X = {name: np.stack(v) if v else np.zeros((0, encoder.cfg.embed_dim), np.float32) for name, v in vectors.items()}
+    return CropEmbedded(_track_rows(tracks, kept, seconds), X, _finish("embed crops", len(kept), skipped))
+
+
+def estimate_normalizer(paths: Sequence[str], mel_config: MelConfig, max_tracks: int = NORM_TRACKS,
+                        max_seconds: float = NORM_SECONDS, seed: int = 0) -> Normalizer:
+    """Global mean and std of the log-mels of a seeded sample of tracks (unreadable ones are passed over)."""
+    paths = list(paths)
+    chosen = np.random.default_rng(seed).permutation(len(paths))[:max_tracks]
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in sorted(chosen):
+        try:
+            x = _logmel(paths[i], mel_config, frames(max_seconds, mel_config)).double()
+        except TRACK_ERRORS:
+            continue
+        total, total_sq, count = total + x.sum().item(), total_sq + (x * x).sum().item(), count + x.numel()
+    if count == 0:
+        log.warning("no readable track to measure log-mel statistics; inputs are not standardised")
+        return Normalizer()
+    mean = total / count
+    std = max(total_sq / count - mean * mean, 0.0) ** 0.5
+    return Normalizer(mean=mean, std=std if std > 0 else 1.0)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """`["dim=64", "pool=cls"]` -> {"dim": 64, "pool": "cls"}, typed after the EncoderConfig fields."""
+    fields = {f.name: f for f in dataclasses.fields(EncoderConfig)}
+    hints = typing.get_type_hints(EncoderConfig)
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise ValueError(f"--set expects KEY=VALUE with KEY one of {sorted(fields)}, got {item!r}")
+        kind = hints[key]
+        if value.lower() in ("none", "null") and kind not in (int, float, str):
+            out[key] = None
+        else:
+            out[key] = (int(value) if kind is int else float(value) if kind is float
+                        else str(value) if kind in (str, Optional[str]) else value)
+    return out
+
+
+def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None,
+               device: str | torch.device = "cpu") -> tuple[Encoder, MelConfig, Optional[Normalizer]]:
+    """A checkpoint path, or `untrained:VARIANT` (random init from `seed`, EncoderConfig + `overrides`).
+
+    The untrained model comes with `MelConfig()` (at its n_mels) and no Normalizer: measure one with
+    `estimate_normalizer`. A checkpoint's architecture is never overridden.
+    """
+    if spec.startswith(UNTRAINED):
+        cfg = EncoderConfig(variant=spec[len(UNTRAINED):], **(overrides or {}))
+        return untrained_encoder(cfg, seed).to(device), MelConfig(n_mels=cfg.n_mels), None
+    if overrides:
+        raise ValueError("--set only applies to untrained:VARIANT; a checkpoint brings its own architecture")
+    return load_encoder(spec, map_location=device)
+
+
+def model_params(params_file: Optional[str]) -> dict:
+    """The `train.model` overrides of a params file: an untrained baseline must match the trained size."""
+    if not params_file:
+        return {}
+    from cml.params import load_params
+
+    return dict(load_params(params_file, "train").get("model") or {})
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _read_tracks(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tracks, files skipped while scanning) from --tracks or AUDIO_DIR."""
+    if args.tracks:
+        tracks = pd.read_csv(args.tracks, dtype={"id": str, "label": str})
+        if args.only_split:
+            if "split" not in tracks.columns:
+                raise ValueError(f"{args.tracks} has no split column for --only-split")
+            tracks = tracks[tracks["split"] == args.only_split].reset_index(drop=True)
+        return tracks, pd.DataFrame(columns=SKIP_COLUMNS)
+    if args.only_split:
+        raise ValueError("--only-split needs --tracks (an audio folder has no split)")
+    scan = scan_audio(args.audio_dir, progress=not args.quiet)
+    skipped = scan.skipped.assign(id=None)[SKIP_COLUMNS]
+    return scan.tracks, skipped
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    if bool(args.audio_dir) == bool(args.tracks):
+        print("cml embed: error: give either AUDIO_DIR or --tracks FILE (not both)", file=sys.stderr)
+        return 2
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        overrides = {**model_params(args.params), **parse_overrides(args.set)} if args.model.startswith(UNTRAINED) \
+            else parse_overrides(args.set)
+        encoder, mel_config, normalizer = load_model(args.model, args.seed, overrides, device)
+        tracks, scan_skipped = _read_tracks(args)
+        if normalizer is None:
+            pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
+            normalizer = estimate_normalizer((pool if len(pool) else tracks)["path"], mel_config, seed=args.seed)
+            log.info("untrained model: inputs standardised with mean %.3f, std %.3f", normalizer.mean, normalizer.std)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"cml embed: error: {err}", file=sys.stderr)
+        return 1
+    progress = not args.quiet
+    out = Path(args.out)
+    if args.crops:
+        res = crop_embeddings(encoder, mel_config, normalizer, tracks, args.crops, progress=progress)
+        for name, X in res.X.items():
+            Embedded(res.tracks, X, res.skipped).write(out.with_name(f"{out.stem}.{name}{out.suffix}"))
+        written, skipped = f"{out.stem}.{{{','.join(res.X)}}}{out.suffix}", res.skipped
+    else:
+        res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, args.window_seconds,
+                           args.max_seconds, progress)
+        res.write(out)
+        written, skipped = out, res.skipped
+    skipped = pd.concat([scan_skipped, skipped], ignore_index=True) if len(scan_skipped) else skipped
+    if args.skipped:
+        Path(args.skipped).parent.mkdir(parents=True, exist_ok=True)
+        skipped.to_csv(args.skipped, index=False)
+    print(f"{len(res.tracks)} tracks embedded ({res.tracks['seconds'].sum() / 3600:.2f} h) -> {written}; "
+          f"{len(skipped)} skipped" + (f" (see {args.skipped})" if args.skipped else ""))
+    for r in skipped.head(10).itertuples():
+        print(f"  skipped {r.path}: {r.reason}", file=sys.stderr)
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `cml embed MODEL (AUDIO_DIR | --tracks tracks.csv) --out FILE`."""
+    p = subparsers.add_parser("embed", help="one embedding per track (full-length pass) as a feature table",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="checkpoint path, or untrained:VARIANT for the random-init baseline")
+    p.add_argument("audio_dir", nargs="?", help="folder of audio, recursive; label = first sub-folder")
+    p.add_argument("--tracks", help="track table (CSV with id, path, [label, split]) instead of AUDIO_DIR")
+    p.add_argument("--out", required=True, help="feature table to write (.parquet; .csv also works)")
+    p.add_argument("--skipped", help="CSV of skipped files/tracks (id, path, reason)")
+    p.add_argument("--mode", choices=MODES, default="full", help="one pass per track, or averaged windows")
+    p.add_argument("--window-seconds", type=float, help="window length of --mode chunked")
+    p.add_argument("--max-seconds", type=float, help="embed at most the first S seconds of each track")
+    p.add_argument("--crops", type=float, metavar="CROP_SECONDS",
+                   help="length-extrapolation run: write OUT.{1x,2x,4x,8x,full}.parquet from centred crops "
+                        "of 1/2/4/8 x CROP_SECONDS and the full track")
+    p.add_argument("--only-split", help="with --tracks: embed only the tracks of this split (e.g. test)")
+    p.add_argument("--seed", type=int, default=0, help="weights of untrained:VARIANT (and its norm sample)")
+    p.add_argument("--params", help="untrained:VARIANT: take the model size from this file's train.model")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="untrained:VARIANT: override an EncoderConfig field (repeatable), e.g. --set dim=64")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_embed)

@@ -1,0 +1,701 @@
+"""Contrastive training of the encoder: a plain loop in the style of nanoGPT's train.py.
+
+One step: a batch of N tracks (or pieces), two augmented random crops of each, one forward pass over the
+2N views, SimCLR's NT-Xent on the projections (plus lambda * the k-means term on the embeddings when
+lambda > 0), AdamW, linear warm-up then cosine decay of the learning rate, both counted in steps.
+
+Determinism: every random choice of the data (which track, where to crop, which augmentation) comes from
+a generator seeded by (seed, epoch, position in the epoch), so the data does not depend on workers,
+processes or on where a run was resumed; the model state, optimizer, scheduler, k-means centroids and
+the global RNG (dropout) are in the checkpoint. A run resumed from `last.pt` therefore ends bit for bit
+where an uninterrupted run ends (on the same machine and thread count).
+
+Distributed: under `torchrun`, each process takes a contiguous slice of every global batch, projections
+are all-gathered so NT-Xent sees the same 2N views as a single process would, and only rank 0 logs and
+writes files. Outputs in `out_dir`: `last.pt` (every epoch), `best.pt` (the epoch of highest val k-NN
+accuracy), `live/` (DVCLive: per-epoch metrics and plots) and `metrics.json` (final summary).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from cml.audio import LogMel, MelConfig, load_audio, read_random_crop, track_logmel
+from cml.augment import Augment, AugmentConfig
+from cml.checkpoint import Normalizer, read_checkpoint, save_checkpoint
+from cml.evaluation import knn_accuracy
+from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
+from cml.model import Encoder, EncoderConfig
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CACHE_MODES = ("auto", "memory", "disk")
+# keys that may change between an interrupted run and its resumption without changing the results
+RESUME_FREE_KEYS = ("num_workers",)
+# keys of the params `train` section meant for the pipeline (a DVC matrix), not for one run
+MATRIX_KEYS = ("variants", "seeds")
+# independent random streams derived from the seed
+_TRAIN, _VAL, _NORM, _KMEANS = range(4)
+
+
+@dataclass
+class TrainConfig:
+    variant: str = "rope1d"  # positional variant, a key of cml.model.VARIANTS
+    model: dict = field(default_factory=dict)  # EncoderConfig overrides: dim, depth, heads, embed_dim, proj_dim, ...
+    crop_seconds: float = 4.0  # length of each view (400 frames, 100 tokens at the model defaults)
+    batch_size: int = 32  # pairs per step (2x views, 2N - 2 negatives each); global over all processes
+    epochs: int = 6
+    crops_per_track: int = 8  # pairs drawn per training track (or piece) per epoch
+    lr: float = 3e-4  # peak learning rate (AdamW); 1e-3 stalled the loss on the default corpus
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0  # linear warm-up from 0, in epochs (converted to steps)
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    temperature: float = 0.2  # NT-Xent temperature
+    kmeans_lambda: float = 0.0  # weight of the k-means term; 0 turns it off (no centroids at all)
+    kmeans_k: int = 8  # number of centroids
+    kmeans_mode: str = "minibatch"  # "minibatch" (Sculley 2010 updates) | "learned" (trained by gradient)
+    augment: dict = field(default_factory=dict)  # AugmentConfig overrides; {"off": true} turns all off
+    pair_by_piece: bool = True  # with a `piece` column, the two views come from two renderings of a piece
+    cache: str = "auto"  # "memory": whole-track log-mels in RAM; "disk": read each crop; "auto": memory if it fits
+    cache_mb: int = 2048  # the memory budget of "auto"
+    norm_crops: int = 64  # random training crops measured for the log-mel mean and std
+    knn_k: int = 5  # k of the per-epoch val k-NN accuracy (cosine)
+    num_workers: int = 0  # DataLoader workers; 0 loads in the main process (best on 2 cores with the cache)
+    seed: int = 0
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    precision: str = "auto"  # "auto": bf16 (or fp16) autocast on CUDA, fp32 on CPU; or fp32 | bf16 | fp16
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown keys in the 'train' params: {sorted(unknown)}")
+        return cls(**d)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.kmeans_mode not in KMEANS_MODES:
+            raise ValueError(f"kmeans_mode must be one of {KMEANS_MODES}, got {self.kmeans_mode!r}")
+        if self.batch_size < 2 or self.epochs < 1 or self.crops_per_track < 1 or self.crop_seconds <= 0:
+            raise ValueError("need batch_size >= 2, epochs >= 1, crops_per_track >= 1 and crop_seconds > 0")
+        self.encoder_config()  # fails early on a bad variant or model key
+        self.augment_config()
+
+    def encoder_config(self) -> EncoderConfig:
+        unknown = set(self.model) - {f.name for f in fields(EncoderConfig)}
+        if unknown or "variant" in self.model:
+            raise ValueError(f"unknown or misplaced keys in train.model: {sorted(unknown | ({'variant'} & set(self.model)))}")
+        return EncoderConfig(variant=self.variant, **self.model)
+
+    def augment_config(self) -> AugmentConfig:
+        d = dict(self.augment)
+        if d.pop("off", False):
+            return AugmentConfig.off()
+        return AugmentConfig.from_dict(d)
+
+
+# --------------------------------------------------------------------------------------------------
+# Seeds, devices, processes
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed for one random stream, the same on every platform (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _generator(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+@dataclass
+class Dist:
+    """Where this process stands in a (possibly one-process) run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this call created the process group and must destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_type: str) -> Dist:
+    """Join the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns_group=True)
+
+
+def _device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, Optional[torch.dtype]]:
+    """Autocast context and its dtype: mixed precision only on CUDA (CPU autocast is slower than fp32)."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return contextlib.nullcontext(), None
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return contextlib.nullcontext(), None
+    if device.type != "cuda":
+        raise ValueError(f"precision {precision!r} needs a CUDA device; use 'auto' or 'fp32' on {device}")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype), dtype
+
+
+def _gather(x: Tensor, d: Dist) -> Tensor:
+    """Concatenate x over processes in rank order; gradients flow only into this process's slice."""
+    if d.world == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(d.world)]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[d.rank] = x
+    return torch.cat(parts)
+
+
+def _all_mean(value: float, d: Dist, device: torch.device) -> float:
+    if d.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / d.world
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+class TrackCrops:
+    """Log-mel crops of a list of tracks: from whole-track log-mels kept in memory, or read from disk.
+
+    In memory a crop is a slice (microseconds); from disk it is a seek, a decode and a log-mel (a few
+    ms). Both give (n_mels, frames) crops of the same length, zero-padded (log floor) past a track's end.
+    """
+
+    def __init__(self, paths: list[str], durations: list[float], mel: MelConfig, in_memory: bool, progress: bool):
+        self.paths, self.durations, self.mel = paths, durations, mel
+        self.floor = math.log(mel.log_offset)
+        self.logmels: Optional[list[Tensor]] = None
+        if in_memory:
+            self.logmels = [track_logmel(p, mel) for p in tqdm(paths, desc="cache log-mels", unit="track",
+                                                                 disable=not progress)]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def frames(self, seconds: float) -> int:
+        return round(seconds * self.mel.sample_rate / self.mel.hop_length)
+
+    def _fit(self, x: Tensor, frames: int) -> Tensor:
+        return torch.nn.functional.pad(x[:, :frames], (0, frames - min(frames, x.shape[1])), value=self.floor)
+
+    def random(self, i: int, seconds: float, g: torch.Generator) -> Tensor:
+        frames = self.frames(seconds)
+        if self.logmels is not None:
+            x = self.logmels[i]
+            start = int(torch.randint(max(1, x.shape[1] - frames + 1), (), generator=g))
+            return self._fit(x[:, start:start + frames], frames)
+        rng = np.random.default_rng(int(torch.randint(2**62, (), generator=g)))
+        wave = read_random_crop(self.paths[i], seconds, self.mel.sample_rate, rng, self.durations[i])
+        return self._fit(LogMel(self.mel)(wave), frames)
+
+    def centre(self, i: int, seconds: float) -> Tensor:
+        frames = self.frames(seconds)
+        if self.logmels is not None:
+            x = self.logmels[i]
+            start = max(0, (x.shape[1] - frames) // 2)
+            return self._fit(x[:, start:start + frames], frames)
+        offset = max(0.0, (self.durations[i] - seconds) / 2)
+        wave = load_audio(self.paths[i], self.mel.sample_rate, offset=offset, duration=seconds)
+        return self._fit(LogMel(self.mel)(wave), frames)
+
+
+class PairDataset(Dataset):
+    """Two augmented views of one group (a track, or a piece's renderings), keyed by (group, item seed).
+
+    Stateless: the key holds all the randomness, so workers, processes and resumptions agree. With
+    several rows in a group (renderings of one piece with different instruments), the two views come
+    from two different rows: a positive pair that differs in timbre, the data-side cure for the timbre
+    trap (see cml.augment).
+    """
+
+    def __init__(self, crops: TrackCrops, groups: list[list[int]], seconds: float, augment: Augment, norm: Normalizer):
+        self.crops, self.groups, self.seconds, self.augment, self.norm = crops, groups, seconds, augment, norm
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
+        group, seed = key
+        g = torch.Generator().manual_seed(seed)
+        rows = self.groups[group]
+        pick = torch.randperm(len(rows), generator=g)
+        a, b = rows[int(pick[0])], rows[int(pick[-1])]
+        views = [self.norm(self.augment(self.crops.random(r, self.seconds, g), g)) for r in (a, b)]
+        return views[0], views[1], group
+
+
+def epoch_batches(seed: int, epoch: int, n_groups: int, batch_size: int, steps: int) -> list[list[tuple[int, int]]]:
+    """The global batches of one epoch: keys (group, item seed) from back-to-back shuffles of all groups."""
+    g = _generator(seed, _TRAIN, epoch)
+    order = torch.cat([torch.randperm(n_groups, generator=g) for _ in range(math.ceil(steps * batch_size / n_groups))])
+    keys = [(int(group), derive_seed(seed, _TRAIN, epoch, pos)) for pos, group in enumerate(order[: steps * batch_size])]
+    return [keys[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
+
+
+def _worker_init(worker_id: int) -> None:
+    """Workers need no seed of their own (keys carry it); one thread each keeps 2 cores for the model."""
+    torch.set_num_threads(1)
+
+
+def _collate(items: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    v1, v2, groups = zip(*items)
+    return torch.stack(v1), torch.stack(v2), torch.tensor(groups)
+
+
+def _loader(dataset: PairDataset, batches: list[list[tuple[int, int]]], d: Dist, workers: int,
+            pin: bool = False) -> DataLoader:
+    """A loader over this process's contiguous slice of each global batch."""
+    per = len(batches[0]) // d.world
+    local = [b[d.rank * per:(d.rank + 1) * per] for b in batches]
+    return DataLoader(dataset, batch_sampler=local, num_workers=workers, collate_fn=_collate,
+                      worker_init_fn=_worker_init, pin_memory=pin)
+
+
+def _groups(rows: pd.DataFrame, by_piece: bool) -> list[list[int]]:
+    """Row positions grouped by piece (when asked and a `piece` column exists), else one row per group."""
+    if by_piece and "piece" in rows.columns:
+        key = rows["piece"].where(rows["piece"].notna(), rows["id"]).astype(str)
+        return [list(idx) for idx in pd.Series(range(len(rows))).groupby(key.values, sort=True).groups.values()]
+    return [[i] for i in range(len(rows))]
+
+
+def read_tracks(tracks_csv: str | os.PathLike) -> pd.DataFrame:
+    """The track table, checked for what training needs, with missing files dropped (and reported)."""
+    path = Path(tracks_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"tracks table not found: {path}")
+    tracks = pd.read_csv(path)
+    missing = {"id", "path", "duration", "split"} - set(tracks.columns)
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    exists = tracks["path"].map(lambda p: Path(p).is_file())
+    for p in tracks.loc[~exists, "path"]:
+        log.warning("skipped %s: file not found", p)
+    tracks = tracks[exists].reset_index(drop=True)
+    if not (tracks["split"] == "train").any():
+        raise ValueError(f"{path}: no usable tracks in the train split")
+    return tracks
+
+
+def measure_norm(crops: TrackCrops, n: int, seconds: float, seed: int) -> Normalizer:
+    """Mean and std of log-mel values over n random (unaugmented) training crops."""
+    g = _generator(seed, _NORM)
+    idx = torch.randint(len(crops), (n,), generator=g)
+    x = torch.stack([crops.random(int(i), seconds, g) for i in idx]).double()
+    return Normalizer(float(x.mean()), float(x.std()))
+
+
+# --------------------------------------------------------------------------------------------------
+# Model, schedule, evaluation
+
+
+class Contrastive(nn.Module):
+    """The encoder plus the optional k-means term, so DDP sees every trained parameter in one forward."""
+
+    def __init__(self, encoder: Encoder, kmeans: Optional[KMeansLoss]):
+        super().__init__()
+        self.encoder, self.kmeans = encoder, kmeans
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, M, T) -> embeddings (B, E), projections (B, P), k-means term (scalar, 0 when off)."""
+        e, z = self.encoder(x)
+        km = self.kmeans(e) if self.kmeans is not None else e.new_zeros((), dtype=torch.float32)
+        return e, z, km
+
+
+def param_groups(model: Contrastive, weight_decay: float) -> list[dict]:
+    """nanoGPT's split: weight decay on the encoder's matrices only, not on biases, norms or centroids."""
+    decay = [p for p in model.encoder.parameters() if p.dim() >= 2]
+    ids = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Multiplier of the peak lr at a step: linear warm-up from 0, then cosine decay to min_ratio."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+@dataclass
+class ValData:
+    """Fixed validation inputs: view pairs of val groups, and centre crops of train and val tracks."""
+
+    pairs: list[tuple[Tensor, Tensor, Tensor]]  # batches of (v1, v2, groups)
+    train_crops: Tensor  # (n_train, M, T)
+    train_labels: np.ndarray
+    val_crops: Tensor
+    val_labels: np.ndarray
+
+
+def _val_data(train: TrackCrops, train_rows: pd.DataFrame, val: TrackCrops, val_rows: pd.DataFrame,
+              val_set: PairDataset, cfg: TrainConfig, norm: Normalizer) -> ValData:
+    keys = [(group, derive_seed(cfg.seed, _VAL, group)) for group in range(len(val_set))]
+    batches = [keys[s:s + cfg.batch_size] for s in range(0, len(keys), cfg.batch_size)]
+    pairs = [_collate([val_set[k] for k in b]) for b in batches if len(b) >= 2]
+
+    def centre(crops: TrackCrops, rows: pd.DataFrame) -> tuple[Tensor, np.ndarray]:
+        labelled = rows["label"].notna().to_numpy() if "label" in rows.columns else np.zeros(len(rows), bool)
+        idx = np.flatnonzero(labelled)
+        x = torch.stack([norm(crops.centre(int(i), cfg.crop_seconds)) for i in idx]) if len(idx) else torch.empty(0)
+        return x, rows["label"].to_numpy()[idx] if len(idx) else np.array([])
+
+    train_crops, train_labels = centre(train, train_rows)
+    val_crops, val_labels = centre(val, val_rows)
+    return ValData(pairs, train_crops, train_labels, val_crops, val_labels)
+
+
+@torch.no_grad()
+def evaluate(encoder: Encoder, data: ValData, cfg: TrainConfig, device: torch.device, autocast) -> dict[str, float]:
+    """Val NT-Xent on fixed augmented pairs, and k-NN accuracy of val centre crops against train ones."""
+    was_training = encoder.training
+    encoder.eval()
+
+    def embed(x: Tensor) -> np.ndarray:
+        out = []
+        for chunk in x.split(2 * cfg.batch_size):
+            with autocast:
+                out.append(encoder.embed(chunk.to(device)).float().cpu())
+        return torch.cat(out).numpy()
+
+    losses, sizes = [], []
+    for v1, v2, groups in data.pairs:
+        with autocast:
+            _, z = encoder(torch.cat([v1, v2]).to(device))
+        z1, z2 = z.float().chunk(2)
+        losses.append(float(nt_xent(z1, z2, cfg.temperature, groups.to(device))))
+        sizes.append(len(v1))
+    knn = float("nan")
+    if len(data.train_crops) and len(data.val_crops):
+        knn = knn_accuracy(embed(data.train_crops), data.train_labels, embed(data.val_crops), data.val_labels,
+                           k=cfg.knn_k)
+    encoder.train(was_training)
+    return {"val/ntxent": float(np.average(losses, weights=sizes)) if losses else float("nan"), "val/knn_acc": knn}
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and logs
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _replay_live(live, history: list[dict]) -> None:
+    """Re-log the epochs of a resumed run, so the DVCLive curves equal those of an uninterrupted run."""
+    for record in history:
+        _log_live(live, record)
+
+
+def _log_live(live, record: dict) -> None:
+    for name, value in record.items():
+        if name not in ("epoch", "step"):
+            live.log_metric(name, value)
+    live.next_step()
+
+
+def _summary(history: list[dict], timing: list[dict]) -> dict:
+    """The final metrics: the last epoch, the best epoch by val k-NN accuracy, and throughput."""
+    last = history[-1]
+    best = _best_epoch(history)
+    seconds = sum(t["seconds"] for t in timing)
+    clips = sum(t["clips"] for t in timing)
+    return {
+        "epochs": last["epoch"], "steps": last["step"],
+        "train_loss": last["train/loss"], "train_ntxent": last["train/ntxent"], "train_kmeans": last["train/kmeans"],
+        "val_ntxent": last["val/ntxent"], "val_knn_acc": last["val/knn_acc"],
+        "best_epoch": best["epoch"], "best_val_knn_acc": best["val/knn_acc"],
+        "train_seconds": seconds, "clips_per_s": clips / seconds if seconds else float("nan"),
+    }
+
+
+def _score(record: dict) -> float:
+    """Model selection: val k-NN accuracy, or minus val NT-Xent when there are no labels."""
+    knn = record["val/knn_acc"]
+    if math.isfinite(knn):
+        return knn
+    return -record["val/ntxent"] if math.isfinite(record["val/ntxent"]) else -math.inf
+
+
+def _best_epoch(history: list[dict]) -> dict:
+    best = history[0]
+    for record in history[1:]:
+        if _score(record) > _score(best):  # ties keep the earlier epoch
+            best = record
+    return best
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Strict JSON (NaN, e.g. k-NN without labels, becomes null), written atomically."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(clean, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: str | os.PathLike,
+          progress: bool = True, resume: bool = True, max_epochs: Optional[int] = None) -> dict:
+    """Train one encoder; return the final metrics (see `_summary`) plus the per-epoch `history`.
+
+    resume: continue from `out_dir/last.pt` when it exists (it must come from the same config);
+    False starts afresh and overwrites. max_epochs: stop after this many epochs in this call (a
+    time-boxed job; the schedule still follows `config.epochs`, and a later call resumes).
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    out = Path(out_dir)
+    device_type = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    d = _init_distributed(device_type)
+    device = _device(cfg.device, d.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    try:
+        return _train(cfg, tracks_csv, out, progress and d.main, resume, max_epochs, d, device)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        if d.owns_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool, max_epochs: Optional[int],
+           d: Dist, device: torch.device) -> dict:
+    if cfg.batch_size % d.world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
+    tracks = read_tracks(tracks_csv)
+    train_rows = tracks[tracks["split"] == "train"].reset_index(drop=True)
+    val_rows = tracks[tracks["split"] == "val"].reset_index(drop=True)
+    mel = MelConfig()
+    enc_cfg = cfg.encoder_config()
+    if enc_cfg.n_mels != mel.n_mels:
+        raise ValueError(f"model n_mels {enc_cfg.n_mels} differs from the front end's {mel.n_mels}")
+
+    state = None
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = read_checkpoint(last, map_location="cpu")
+        theirs = {k: v for k, v in state["train_config"].items() if k not in RESUME_FREE_KEYS}
+        ours = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE_KEYS}
+        if theirs != ours:
+            diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            raise ValueError(f"{last} was written with a different config (keys {diff}); "
+                             f"use another out_dir or resume=False")
+        log.info("resuming from %s after epoch %d", last, state["epoch"])
+
+    need_mb = (train_rows["duration"].sum() + val_rows["duration"].sum()) * mel.sample_rate / mel.hop_length \
+        * mel.n_mels * 4 / 2**20
+    in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and need_mb <= cfg.cache_mb)
+    log.info("log-mels %s (%.0f MB for %d tracks)", "cached in memory" if in_memory else "read from disk",
+             need_mb, len(train_rows) + len(val_rows))
+    train_crops = TrackCrops(list(train_rows["path"]), list(train_rows["duration"]), mel, in_memory, progress)
+    val_crops = TrackCrops(list(val_rows["path"]), list(val_rows["duration"]), mel, in_memory, progress)
+    norm = Normalizer(**state["norm"]) if state else measure_norm(train_crops, cfg.norm_crops, cfg.crop_seconds, cfg.seed)
+    augment = Augment(cfg.augment_config(), mel.log_offset)
+    train_set = PairDataset(train_crops, _groups(train_rows, cfg.pair_by_piece), cfg.crop_seconds, augment, norm)
+    val_set = PairDataset(val_crops, _groups(val_rows, cfg.pair_by_piece), cfg.crop_seconds, augment, norm)
+    val_data = _val_data(train_crops, train_rows, val_crops, val_rows, val_set, cfg, norm)
+    n_groups = len(train_set)
+    steps_per_epoch = max(1, n_groups * cfg.crops_per_track // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    log.info("%d training groups (%d tracks), %d steps per epoch, %d in all", n_groups, len(train_rows),
+             steps_per_epoch, total_steps)
+
+    torch.manual_seed(cfg.seed)  # model init (as `untrained_encoder(config, seed)`) and dropout
+    encoder = Encoder(enc_cfg)
+    kmeans = None
+    if cfg.kmeans_lambda > 0:
+        kmeans = KMeansLoss(cfg.kmeans_k, enc_cfg.embed_dim, cfg.kmeans_mode, _generator(cfg.seed, _KMEANS))
+    model = Contrastive(encoder, kmeans).to(device)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, cfg.min_lr_ratio))
+    autocast, amp_dtype = _autocast(device, cfg.precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    start_epoch, step, history, timing = 0, 0, [], []
+    if state:
+        encoder.load_state_dict(state["model"])
+        if kmeans is not None:
+            kmeans.load_state_dict(state["kmeans"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng_state"], device)
+        start_epoch, step = state["epoch"], state["step"]
+        history, timing = list(state["metrics"]["history"]), list(state["metrics"]["timing"])
+    net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if d.world > 1 else model
+
+    live = None
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        from dvclive import Live
+
+        live = Live(str(out / "live"), dvcyaml=False, save_dvc_exp=False)
+        _replay_live(live, history)
+
+    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        net.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "ntxent": 0.0, "kmeans": 0.0}
+        batches = epoch_batches(cfg.seed, epoch, n_groups, cfg.batch_size, steps_per_epoch)
+        bar = tqdm(_loader(train_set, batches, d, cfg.num_workers, device.type == "cuda"), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
+        for v1, v2, groups in bar:
+            x = torch.cat([v1, v2]).to(device, non_blocking=True)  # (2n, M, T): both views in one pass
+            with autocast:
+                e, z, km = net(x)
+            z1, z2 = z.float().chunk(2)
+            ntx = nt_xent(_gather(z1, d), _gather(z2, d), cfg.temperature, _gather(groups.to(device), d))
+            # each process holds the gradient through its own slice; DDP averages, so scale by world
+            loss = ntx * d.world + cfg.kmeans_lambda * km
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at step {step} (epoch {epoch + 1}): "
+                                         f"NT-Xent {float(ntx.detach())}, k-means {float(km.detach())}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if kmeans is not None:
+                kmeans.update(_gather(e.detach().float().chunk(2)[0], d))  # one view per pair
+            step += 1
+            ntx_value, km_value = float(ntx.detach()), float(km.detach())
+            sums["ntxent"] += ntx_value
+            sums["kmeans"] += km_value
+            sums["loss"] += ntx_value + cfg.kmeans_lambda * km_value
+            bar.set_postfix(loss=f"{ntx_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0]}
+        for name, total in sums.items():
+            record[f"train/{name}"] = _all_mean(total / steps_per_epoch, d, device)
+        record.update(evaluate(model.encoder, val_data, cfg, device, autocast))
+        history.append(record)
+        timing.append({"epoch": epoch + 1, "seconds": seconds, "clips": 2 * cfg.batch_size * steps_per_epoch})
+        log.info("epoch %d: loss %.4f, val NT-Xent %.4f, val k-NN %.3f, %.1f clips/s", epoch + 1,
+                 record["train/loss"], record["val/ntxent"], record["val/knn_acc"], timing[-1]["clips"] / seconds)
+        if d.main:
+            _log_live(live, record)
+            save_checkpoint(
+                last, model=encoder, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1, step=step,
+                encoder_config=enc_cfg, mel_config=mel, norm=norm, train_config=cfg,
+                metrics={"history": history, "timing": timing}, rng_state=_rng_state(device),
+                extra={"kmeans": kmeans.state_dict() if kmeans is not None else None, "scaler": scaler.state_dict()},
+            )
+            if _best_epoch(history) is record:
+                shutil.copyfile(last, out / ".best.pt.tmp")
+                os.replace(out / ".best.pt.tmp", out / "best.pt")
+        if d.world > 1:
+            dist.barrier()
+
+    summary = _summary(history, timing) if history else {}
+    if d.main and history:
+        live.summary = dict(summary)  # dvclive adds its step to the dict it is given
+        live.end()
+        _write_json(out / "metrics.json", summary)
+    return {**summary, "history": history}
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from cml.params import load_params
+
+    section = {k: v for k, v in load_params(args.params, "train").items() if k not in MATRIX_KEYS}
+    if args.variant:
+        section["variant"] = args.variant
+    if args.seed is not None:
+        section["seed"] = args.seed
+    try:
+        config = TrainConfig.from_dict(section)
+    except (ValueError, TypeError) as err:
+        print(f"error: {args.params}: {err}", file=sys.stderr)
+        return 2
+    metrics = train(config, args.tracks, args.out, progress=not args.quiet, resume=not args.fresh)
+    if metrics:
+        print(f"{config.variant}: val k-NN {metrics['val_knn_acc']:.3f} (best {metrics['best_val_knn_acc']:.3f} "
+              f"at epoch {metrics['best_epoch']}), {metrics['clips_per_s']:.1f} clips/s -> {args.out}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    """Add `cml train --params params.yaml --variant NAME --tracks tracks.csv --out DIR`."""
+    p = subparsers.add_parser("train", help="train a contrastive encoder (one positional variant)")
+    p.add_argument("--params", default="params.yaml", help="params file; its `train` section is the TrainConfig")
+    p.add_argument("--variant", help="positional variant; overrides train.variant")
+    p.add_argument("--seed", type=int, help="overrides train.seed")
+    p.add_argument("--tracks", default="outputs/tracks/tracks.csv", help="track table with a split column")
+    p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, live/, metrics.json")
+    p.add_argument("--fresh", action="store_true", help="ignore a last.pt in --out and start again")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)

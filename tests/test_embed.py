@@ -1,0 +1,224 @@
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from cml import embed as embed_mod
+from cml import evaluation
+from cml.audio import MelConfig
+from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
+from cml.embed import (centre_crop, crop_embeddings, embed_tracks, estimate_normalizer, load_model,
+                       parse_overrides)
+from cml.model import EncoderConfig
+from cml.tables import read_feature_table
+
+SR = 16000
+TINY = dict(dim=16, depth=1, heads=2, mlp_ratio=2, embed_dim=8, proj_dim=4)
+TINY_SET = [f"{k}={v}" for k, v in TINY.items()]
+
+
+def tone(path, seconds, freq, seed=0, sr=SR):
+    """A noisy harmonic tone: different frequencies give different spectra, so embeddings differ."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(round(seconds * sr)) / sr
+    x = sum(np.sin(2 * np.pi * freq * h * t) / h for h in (1, 2, 3)) * 0.2 + 0.01 * rng.standard_normal(len(t))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, x.astype(np.float32), sr)
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return untrained_encoder(EncoderConfig(variant="rope1d", **TINY), seed=0)
+
+
+@pytest.fixture
+def tracks(tmp_path):
+    rows = [{"id": f"t{i}", "path": str(tone(tmp_path / f"t{i}.wav", s, f, seed=i)), "label": lab}
+            for i, (s, f, lab) in enumerate([(3.0, 220, "low"), (5.0, 880, "high"), (2.5, 247, "low")])]
+    return pd.DataFrame(rows)
+
+
+def test_full_and_chunked_shapes_and_whole_window_equals_full(encoder, tracks):
+    norm = Normalizer(-5.0, 4.0)
+    full = embed_tracks(encoder, MelConfig(), norm, tracks, progress=False)
+    assert full.X.shape == (3, 8) and full.X.dtype == np.float32
+    assert full.tracks["id"].tolist() == ["t0", "t1", "t2"] and full.tracks["label"].tolist() == ["low", "high", "low"]
+    assert full.tracks["seconds"].round(1).tolist() == [3.0, 5.0, 2.5]
+    assert full.skipped.empty
+    chunked = embed_tracks(encoder, MelConfig(), norm, tracks, mode="chunked", window_seconds=1.0, progress=False)
+    assert chunked.X.shape == full.X.shape
+    assert not np.allclose(chunked.X, full.X, atol=1e-4)  # averaging windows is not the one-pass embedding
+    whole = embed_tracks(encoder, MelConfig(), norm, tracks, mode="chunked", window_seconds=10.0, progress=False)
+    np.testing.assert_allclose(whole.X, full.X, rtol=1e-5, atol=1e-6)
+    capped = embed_tracks(encoder, MelConfig(), norm, tracks, max_seconds=2.0, progress=False)
+    assert capped.tracks["seconds"].round(2).tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="window_seconds"):
+        embed_tracks(encoder, MelConfig(), norm, tracks, mode="chunked")
+
+
+def test_normalizer_is_applied(encoder, tracks):
+    a = embed_tracks(encoder, MelConfig(), Normalizer(0.0, 1.0), tracks, progress=False).X
+    b = embed_tracks(encoder, MelConfig(), Normalizer(-5.0, 4.0), tracks, progress=False).X
+    assert not np.allclose(a, b, atol=1e-4)
+
+
+def test_bad_tracks_are_skipped_with_a_reason(encoder, tracks, tmp_path):
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    tone(tmp_path / "blip.wav", 0.02, 440)  # 2 frames: shorter than one 4-frame token
+    bad = pd.DataFrame([{"id": "garbage", "path": str(tmp_path / "garbage.wav"), "label": "x"},
+                        {"id": "missing", "path": str(tmp_path / "missing.flac"), "label": "x"},
+                        {"id": "blip", "path": str(tmp_path / "blip.wav"), "label": "x"}])
+    res = embed_tracks(encoder, MelConfig(), Normalizer(), pd.concat([tracks, bad], ignore_index=True),
+                       progress=False)
+    assert res.tracks["id"].tolist() == ["t0", "t1", "t2"] and len(res.X) == 3
+    reasons = dict(zip(res.skipped["id"], res.skipped["reason"]))
+    assert set(reasons) == {"garbage", "missing", "blip"}
+    assert "shorter than one token" in reasons["blip"]
+    assert all(r and "\n" not in r for r in reasons.values())
+
+
+def test_embedding_is_deterministic(tracks):
+    spec = "untrained:alibi2d"
+    runs = [embed_tracks(*load_model(spec, seed=3, overrides=TINY)[:2], Normalizer(-5.0, 4.0), tracks,
+                         progress=False).X for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    other = embed_tracks(*load_model(spec, seed=4, overrides=TINY)[:2], Normalizer(-5.0, 4.0), tracks,
+                         progress=False).X
+    assert not np.allclose(runs[0], other, atol=1e-4)
+
+
+def test_dropout_is_off_while_embedding_and_mode_is_restored(tracks):
+    encoder = untrained_encoder(EncoderConfig(variant="sincos", dropout=0.5, **TINY), seed=0).train()
+    runs = [embed_tracks(encoder, MelConfig(), Normalizer(-5.0, 4.0), tracks, progress=False).X for _ in range(2)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert encoder.training
+
+
+@pytest.mark.parametrize("variant", ["none", "sincos", "alibi1d", "alibi2d", "rope1d", "rope2d"])
+def test_untrained_baseline_of_every_variant(variant, tracks):
+    encoder, mel, norm = load_model(f"untrained:{variant}", seed=0, overrides=TINY)
+    assert norm is None and mel.n_mels == encoder.cfg.n_mels and encoder.cfg.variant == variant
+    assert not encoder.training
+    res = embed_tracks(encoder, mel, Normalizer(-5.0, 4.0), tracks, progress=False)
+    assert res.X.shape == (3, 8) and np.isfinite(res.X).all()
+    assert np.linalg.matrix_rank(res.X, tol=1e-6) > 1  # distinct tracks give distinct embeddings
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown variant"):
+        load_model("untrained:rope3d")
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="--set only applies"):
+        load_model(str(tmp_path / "nope.pt"), overrides={"dim": 8})
+    assert parse_overrides(["dim=32", "pool=cls", "tokens=none", "rope_theta=100"]) == {
+        "dim": 32, "pool": "cls", "tokens": None, "rope_theta": 100.0}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["width=3"])
+
+
+def test_estimate_normalizer_standardises(tracks):
+    norm = estimate_normalizer(tracks["path"], MelConfig(), seed=0)
+    x = torch.cat([embed_mod.track_logmel(p) for p in tracks["path"]], dim=1)
+    z = norm(x)
+    assert abs(z.mean().item()) < 1e-3 and abs(z.std().item() - 1) < 1e-3
+
+
+def test_crop_embeddings(encoder, tracks):
+    norm = Normalizer(-5.0, 4.0)
+    res = crop_embeddings(encoder, MelConfig(), norm, tracks, crop_seconds=0.5, multiples=(1, 2, 8), progress=False)
+    assert list(res.X) == ["1x", "2x", "8x", "full"]
+    assert all(X.shape == (3, 8) for X in res.X.values())
+    full = embed_tracks(encoder, MelConfig(), norm, tracks, progress=False).X
+    np.testing.assert_allclose(res.X["full"], full, rtol=1e-5, atol=1e-6)
+    # 8 x 0.5 s = 4 s covers the 3 s and 2.5 s tracks whole, but not the 5 s one
+    np.testing.assert_allclose(res.X["8x"][[0, 2]], full[[0, 2]], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(res.X["8x"][1], full[1], atol=1e-4)
+    assert not np.allclose(res.X["1x"], full, atol=1e-4)
+    x = torch.arange(10.0)
+    assert centre_crop(x, 4).tolist() == [3.0, 4.0, 5.0, 6.0] and centre_crop(x, 20).tolist() == x.tolist()
+
+
+def _parser():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(required=True)
+    embed_mod.register_cli(sub)
+    evaluation.register_cli(sub)
+    return parser
+
+
+def _run(argv):
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_round_trip_from_folder(tmp_path, capsys):
+    audio = tmp_path / "audio"
+    for i in range(4):
+        tone(audio / "low" / f"a{i}.wav", 2.0 + 0.5 * i, 200 + 10 * i, seed=i)
+        tone(audio / "high" / f"b{i}.flac", 2.0 + 0.5 * i, 2000 + 100 * i, seed=10 + i)
+    tone(audio / "loose.wav", 2.0, 500)  # directly in the root: no label
+    (audio / "notes.txt").write_text("not audio")
+    out, skipped = tmp_path / "emb.parquet", tmp_path / "skipped.csv"
+    assert _run(["embed", "untrained:none", str(audio), "--out", str(out), "--skipped", str(skipped),
+                 "--quiet", "--device", "cpu", *[a for s in TINY_SET for a in ("--set", s)]]) == 0
+    table = read_feature_table(out)
+    assert len(table) == 9 and table.X.shape[1] == 8
+    assert sorted(table.ids)[:2] == ["high/b0", "high/b1"]
+    labels = dict(zip(table.ids, table.labels))
+    assert labels["low/a0"] == "low" and labels["high/b3"] == "high" and labels["loose"] is None
+    assert "path" in table.meta.columns and "seconds" in table.meta.columns
+    report = pd.read_csv(skipped)
+    assert len(report) == 1 and report["path"].iloc[0].endswith("notes.txt")
+
+    metrics_path = tmp_path / "metrics.json"
+    assert _run(["evaluate", str(out), "--out", str(metrics_path), "--test-fraction", "0.5"]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    assert {"knn_acc", "linear_acc", "nmi", "ari"} <= set(metrics)
+    assert metrics["n_test"] == 4 and metrics["notes"]["unlabelled"].startswith("1 rows")
+    assert 0.0 <= metrics["knn_acc"] <= 1.0
+
+
+def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
+    cfg = EncoderConfig(variant="rope2d", **TINY)
+    model = untrained_encoder(cfg, seed=5)
+    ckpt = save_checkpoint(tmp_path / "model.pt", model=model, optimizer=None, scheduler=None, epoch=1, step=1,
+                           encoder_config=cfg, mel_config=MelConfig(), norm=Normalizer(-5.0, 4.0),
+                           train_config={}, metrics={}, rng_state={})
+    table = tracks.assign(split=["train", "test", "test"])
+    table.to_csv(tmp_path / "tracks.csv", index=False)
+    out = tmp_path / "emb.parquet"
+    assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(out), "--quiet"]) == 0
+    written = read_feature_table(out)
+    expected = embed_tracks(model, MelConfig(), Normalizer(-5.0, 4.0), tracks, progress=False).X
+    np.testing.assert_allclose(written.X, expected, rtol=1e-6)
+    assert written.meta["split"].tolist() == ["train", "test", "test"]
+
+    crops = tmp_path / "crops.parquet"
+    assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(crops), "--quiet",
+                 "--crops", "0.5", "--only-split", "test"]) == 0
+    for name in ("1x", "2x", "4x", "8x", "full"):
+        part = read_feature_table(tmp_path / f"crops.{name}.parquet")
+        assert part.ids.tolist() == ["t1", "t2"]
+    np.testing.assert_allclose(read_feature_table(tmp_path / "crops.full.parquet").X, expected[1:], rtol=1e-6)
+
+    assert _run(["embed", str(ckpt), str(tmp_path), "--tracks", str(tmp_path / "tracks.csv"),
+                 "--out", str(out)]) == 2
+    assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(out),
+                 "--set", "dim=8"]) == 1
+
+
+def test_untrained_baseline_takes_the_trained_model_size_from_params(tmp_path):
+    from cml.embed import load_model, model_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text("train:\n  model: {dim: 32, depth: 1, heads: 2}\n  epochs: 1\n")
+    assert model_params(str(params)) == {"dim": 32, "depth": 1, "heads": 2}
+    assert model_params(None) == {}
+    encoder, _, _ = load_model("untrained:rope1d", overrides=model_params(str(params)))
+    assert encoder.cfg.dim == 32 and len(encoder.blocks) == 1

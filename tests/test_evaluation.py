@@ -1,0 +1,136 @@
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cml import evaluation
+from cml.evaluation import (evaluate_embeddings, kmeans_agreement, length_extrapolation,
+                            linear_probe_accuracy)
+from cml.tables import write_feature_table
+
+
+def blobs(n_per_class=30, classes=4, dim=16, spread=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, (classes, dim))
+    X = np.concatenate([rng.normal(c, spread, (n_per_class, dim)) for c in centres])
+    y = np.repeat([f"c{i}" for i in range(classes)], n_per_class)
+    split = np.tile(np.array(["train"] * 20 + ["val"] * 3 + ["test"] * 7)[:n_per_class], classes)
+    return X, y, split
+
+
+def test_separated_blobs_score_perfectly():
+    X, y, split = blobs()
+    m = evaluate_embeddings(X, y, split)
+    assert (m["knn_acc"], m["linear_acc"], m["nmi"], m["ari"]) == (1.0, 1.0, 1.0, 1.0)
+    assert (m["n_train"], m["n_test"], m["n_classes"]) == (80, 28, 4)
+    assert m["chance"] == 0.25 and "notes" not in m
+
+
+def test_random_labels_score_near_chance():
+    rng = np.random.default_rng(1)
+    n = 600
+    X = rng.normal(size=(n, 16))
+    y = rng.choice(["a", "b", "c", "d"], n)
+    split = np.where(rng.random(n) < 0.7, "train", "test")
+    m = evaluate_embeddings(X, y, split, seed=0)
+    assert abs(m["knn_acc"] - 0.25) < 0.1 and abs(m["linear_acc"] - 0.25) < 0.1
+    assert m["nmi"] < 0.05 and abs(m["ari"]) < 0.05
+
+
+def test_label_structure_that_only_a_linear_probe_reads():
+    """One informative dimension among many noisy ones: the linear probe finds it, k-NN is diluted."""
+    rng = np.random.default_rng(2)
+    n = 400
+    y = rng.integers(0, 2, n)
+    X = np.concatenate([(2 * y - 1)[:, None] * 1.0 + rng.normal(0, 0.2, (n, 1)), rng.normal(0, 1, (n, 200))], 1)
+    split = np.where(np.arange(n) < 300, "train", "test")
+    assert linear_probe_accuracy(X[:300], y[:300], X[300:], y[300:]) > 0.95
+    assert evaluate_embeddings(X, y, split)["knn_acc"] < 0.8
+
+
+def test_missing_labels_or_split_say_why():
+    X, y, split = blobs()
+    no_labels = evaluate_embeddings(X, None, split)
+    assert not set(evaluation.METRIC_KEYS) & set(no_labels)
+    assert no_labels["notes"] == {k: "no labels" for k in evaluation.METRIC_KEYS}
+    no_split = evaluate_embeddings(X, y, None)
+    assert no_split["nmi"] == 1.0 and no_split["ari"] == 1.0 and "knn_acc" not in no_split
+    assert no_split["notes"]["knn_acc"] == "no train/test split"
+    partial = y.astype(object)
+    partial[:5] = None
+    m = evaluate_embeddings(X, partial, split)
+    assert m["notes"]["unlabelled"] == "5 rows without a label left out" and m["n_train"] == 75
+    one_class = evaluate_embeddings(X, np.where(split == "train", "c0", y), split)
+    assert "linear_acc" not in one_class and "two classes" in one_class["notes"]["linear_acc"]
+    assert "knn_acc" in one_class
+    empty = evaluate_embeddings(X, y, np.full(len(y), "train", dtype=object))
+    assert "knn_acc" not in empty and "nmi" not in empty and "empty split" in empty["notes"]["knn_acc"]
+
+
+def test_evaluation_is_deterministic():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 8))
+    y = rng.choice(list("abc"), 200)
+    split = np.where(rng.random(200) < 0.6, "train", "test")
+    assert evaluate_embeddings(X, y, split, seed=7) == evaluate_embeddings(X, y, split, seed=7)
+    assert kmeans_agreement(X, y, seed=1) == kmeans_agreement(X, y, seed=1)
+
+
+def test_length_extrapolation_table():
+    X, y, split = blobs()
+    train, test = split == "train", split == "test"
+    rng = np.random.default_rng(4)
+    crops = {"1x": rng.normal(size=(test.sum(), X.shape[1])), "full": X[test]}
+    table = length_extrapolation(X[train], y[train], crops, y[test])
+    assert list(table.index) == ["1x", "full"] and list(table.columns) == ["knn_acc", "linear_acc", "nmi", "ari"]
+    assert table.loc["full"].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert table.loc["1x", "knn_acc"] < 0.6 and table.loc["1x", "nmi"] < 0.5
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser()
+    evaluation.register_cli(parser.add_subparsers(required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_spotify_csv_with_split_file_and_fallback(tmp_path):
+    X, y, split = blobs(classes=3)
+    ids = [f"sp{i:03d}" for i in range(len(X))]
+    frame = pd.DataFrame(X, columns=[f"feat{j}" for j in range(X.shape[1])])
+    frame.insert(0, "track_id", ids)
+    frame.insert(1, "track_genre", y)
+    frame.insert(2, "track_name", "song")
+    frame.to_csv(tmp_path / "spotify.csv", index=False)
+    pd.DataFrame({"id": ids[:-2], "split": split[:-2]}).to_csv(tmp_path / "tracks.csv", index=False)
+
+    out = tmp_path / "m" / "metrics.json"
+    assert _run(["evaluate", str(tmp_path / "spotify.csv"), "--out", str(out), "--split", str(tmp_path / "tracks.csv"),
+                 "--label-column", "track_genre"]) == 0
+    m = json.loads(out.read_text())
+    assert (m["knn_acc"], m["linear_acc"], m["nmi"], m["ari"]) == (1.0, 1.0, 1.0, 1.0)
+    assert m["n_test"] == split[:-2].tolist().count("test")
+
+    assert _run(["evaluate", str(tmp_path / "spotify.csv"), "--out", str(out), "--label-column", "track_genre",
+                 "--seed", "1"]) == 0
+    m = json.loads(out.read_text())
+    assert m["n_test"] == 18 and m["n_train"] == 72 and m["knn_acc"] == 1.0  # seeded 80/20 stratified split
+
+    assert _run(["evaluate", str(tmp_path / "spotify.csv"), "--out", str(out)]) == 0  # no label column
+    assert set(json.loads(out.read_text())["notes"]) == set(evaluation.METRIC_KEYS)
+
+
+def test_cli_uses_the_tables_own_split_and_reports_bad_input(tmp_path, capsys):
+    X, y, split = blobs(classes=2)
+    ids = [f"t{i}" for i in range(len(X))]
+    write_feature_table(tmp_path / "emb.parquet", ids, X, labels=y, extra={"split": split})
+    out = tmp_path / "metrics.json"
+    assert _run(["evaluate", str(tmp_path / "emb.parquet"), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["n_test"] == 14
+    pd.DataFrame({"id": ["other"], "split": ["test"]}).to_csv(tmp_path / "tracks.csv", index=False)
+    assert _run(["evaluate", str(tmp_path / "emb.parquet"), "--out", str(out),
+                 "--split", str(tmp_path / "tracks.csv")]) == 1
+    assert "no id of" in capsys.readouterr().err
+    assert _run(["evaluate", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 1

@@ -1,0 +1,168 @@
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from cml.audio import MelConfig
+from cml.augment import Augment, AugmentConfig
+from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
+from cml.train import PairDataset, TrackCrops, TrainConfig, _groups, epoch_batches, register_cli, train
+
+SR = 16000
+TINY = dict(model=dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16), crop_seconds=0.64, batch_size=4,
+            epochs=2, crops_per_track=2, lr=3e-3, norm_crops=8)
+
+
+def synth(kind: str, i: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Two audibly different classes: steady chords, and rhythmic noise bursts."""
+    t = np.arange(int(seconds * SR)) / SR
+    if kind == "tone":
+        return sum(0.2 * np.sin(2 * np.pi * f * (1 + 0.07 * i) * t) for f in (220, 277, 330))
+    return 0.3 * rng.standard_normal(len(t)) * (np.sin(2 * np.pi * (2 + i % 3) * t) > 0.3)
+
+
+def make_tracks(root: Path, n: int = 12, seconds: float = 2.0, piece: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    splits = ["train", "train", "train", "train", "val", "test"]
+    rows = []
+    for i in range(n):
+        kind = ("tone", "noise")[i % 2]
+        path = root / f"{kind}{i}.wav"
+        sf.write(path, synth(kind, i, seconds, rng).astype(np.float32), SR)
+        rows.append({"id": f"{kind}{i}", "path": str(path), "label": kind, "duration": seconds,
+                     "split": splits[i % 6]})
+    table = pd.DataFrame(rows)
+    if piece:
+        table["piece"] = [f"p{i // 2}" for i in range(n)]  # pairs of rows share a piece
+    csv = root / "tracks.csv"
+    table.to_csv(csv, index=False)
+    return csv
+
+
+@pytest.fixture(scope="module")
+def tracks(tmp_path_factory) -> Path:
+    return make_tracks(tmp_path_factory.mktemp("audio"))
+
+
+def test_loss_falls_on_a_tiny_overfit_set(tmp_path):
+    csv = make_tracks(tmp_path, n=6)  # 4 training tracks, one batch of all of them
+    cfg = {**TINY, "epochs": 6, "crops_per_track": 6, "augment": {"off": True}, "warmup_epochs": 0.5,
+           "temperature": 0.1}
+    history = train(cfg, csv, tmp_path / "out", progress=False)["history"]
+    first, last = history[0]["train/ntxent"], history[-1]["train/ntxent"]
+    assert last < 0.5 * first, (first, last)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tracks, tmp_path):
+    cfg = {**TINY, "kmeans_lambda": 0.5, "kmeans_k": 2}  # the k-means state must resume too
+    full = train(cfg, tracks, tmp_path / "full", progress=False)
+    part = train(cfg, tracks, tmp_path / "part", progress=False, max_epochs=1)
+    assert part["epochs"] == 1 and not (tmp_path / "part" / "metrics.json").read_text() == ""
+    resumed = train(cfg, tracks, tmp_path / "part", progress=False)
+    assert resumed["history"] == full["history"]  # bit for bit, every epoch's metrics
+    a, b = read_checkpoint(tmp_path / "full" / "last.pt"), read_checkpoint(tmp_path / "part" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["kmeans"][k], b["kmeans"][k]) for k in a["kmeans"])
+    assert a["step"] == b["step"] == 2 * (8 * 2 // 4)
+    assert full["train_kmeans"] > 0
+    # DVCLive curves of the resumed run equal the uninterrupted ones (no duplicated or missing epochs)
+    for name in ("train/loss.tsv", "val/knn_acc.tsv"):
+        curve = (tmp_path / "full" / "live" / "plots" / "metrics" / name).read_text()
+        assert curve == (tmp_path / "part" / "live" / "plots" / "metrics" / name).read_text()
+        assert len(curve.strip().splitlines()) == 1 + 2
+    drop = ("train_seconds", "clips_per_s")
+    m_full, m_part = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("full", "part"))
+    assert {k: v for k, v in m_full.items() if k not in drop} == {k: v for k, v in m_part.items() if k not in drop}
+
+
+def test_resume_refuses_a_different_config(tracks, tmp_path):
+    train({**TINY, "epochs": 1}, tracks, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different config.*lr"):
+        train({**TINY, "epochs": 1, "lr": 1e-2}, tracks, tmp_path, progress=False)
+    again = train({**TINY, "epochs": 1, "num_workers": 1}, tracks, tmp_path, progress=False)  # loader only
+    assert again["epochs"] == 1
+
+
+def test_checkpoint_round_trips_through_load_encoder(tracks, tmp_path):
+    cfg = {**TINY, "variant": "alibi2d", "epochs": 1,
+           "model": {**TINY["model"], "patch_freq": 16, "patch_time": 8, "pool": "cls"}}
+    metrics = train(cfg, tracks, tmp_path, progress=False)
+    encoder, mel, norm = load_encoder(tmp_path / "best.pt")
+    state = read_checkpoint(tmp_path / "last.pt")
+    assert not encoder.training and encoder.cfg.variant == "alibi2d" and encoder.cfg.pool == "cls"
+    assert encoder.cfg.patch_time == 8 and mel == MelConfig()
+    assert all(torch.equal(v, state["model"][k]) for k, v in encoder.state_dict().items())
+    assert norm == Normalizer(**state["norm"]) and norm.std > 0 and norm.mean < 0  # ln of small mel powers
+    assert state["train_config"]["variant"] == "alibi2d" and state["epoch"] == metrics["epochs"] == 1
+    x = norm(torch.randn(2, 64, 64) - 5)
+    assert encoder.embed(x).shape == (2, 16)
+    # the random-init baseline is the same architecture with different (untrained) weights
+    init = untrained_encoder(encoder.cfg, seed=0)
+    assert init.state_dict().keys() == encoder.state_dict().keys()
+    assert not torch.equal(init.state_dict()["to_embed.weight"], encoder.state_dict()["to_embed.weight"])
+    assert torch.equal(init.state_dict()["to_embed.weight"], untrained_encoder(encoder.cfg, 0).state_dict()["to_embed.weight"])
+
+
+def test_bad_config_keys_raise():
+    with pytest.raises(ValueError, match="unknown keys.*bogus"):
+        TrainConfig.from_dict({"lr": 1e-3, "bogus": 1})
+    with pytest.raises(ValueError, match="train.model.*dimm"):
+        TrainConfig.from_dict({"model": {"dimm": 3}})
+    with pytest.raises(ValueError, match="augmentation keys"):
+        TrainConfig.from_dict({"augment": {"reverb": 1}})
+    with pytest.raises(ValueError, match="unknown variant"):
+        TrainConfig.from_dict({"variant": "learned"})
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig.from_dict({"precision": "int8"})
+
+
+def test_two_views_of_a_piece_come_from_two_renderings(tmp_path):
+    csv = make_tracks(tmp_path, n=4, piece=True)
+    rows = pd.read_csv(csv)
+    groups = _groups(rows, by_piece=True)
+    assert groups == [[0, 1], [2, 3]]
+    assert _groups(rows, by_piece=False) == [[0], [1], [2], [3]]
+    crops = TrackCrops(list(rows["path"]), list(rows["duration"]), MelConfig(), in_memory=True, progress=False)
+    crops.logmels = [torch.full((64, 300), float(i)) for i in range(4)]  # row i is recognisable by value i
+    data = PairDataset(crops, groups, 0.64, Augment(AugmentConfig.off()), Normalizer())
+    for seed in range(5):
+        v1, v2, group = data[(1, seed)]
+        assert group == 1 and {round(float(v1.mean())), round(float(v2.mean()))} == {2, 3}
+
+
+def test_epoch_batches_are_deterministic_and_cover_the_groups():
+    a = epoch_batches(seed=0, epoch=3, n_groups=10, batch_size=4, steps=5)
+    assert a == epoch_batches(seed=0, epoch=3, n_groups=10, batch_size=4, steps=5)
+    assert a != epoch_batches(seed=0, epoch=4, n_groups=10, batch_size=4, steps=5)
+    groups = [g for batch in a for g, _ in batch]
+    assert len(a) == 5 and sorted(groups[:10]) == list(range(10))  # each shuffle visits every group once
+    assert len({s for batch in a for _, s in batch}) == 20  # every item gets its own seed
+
+
+def test_disk_crops_match_the_memory_cache(tracks):
+    rows = pd.read_csv(tracks)
+    mem = TrackCrops(list(rows["path"][:2]), list(rows["duration"][:2]), MelConfig(), True, False)
+    disk = TrackCrops(list(rows["path"][:2]), list(rows["duration"][:2]), MelConfig(), False, False)
+    a, b = mem.centre(0, 1.0), disk.centre(0, 1.0)
+    assert a.shape == b.shape == (64, 100)
+    assert torch.allclose(a[:, 2:-2], b[:, 2:-2], atol=1e-3)  # edge frames differ: padding vs real context
+    r = disk.random(1, 0.64, torch.Generator().manual_seed(0))
+    assert r.shape == (64, 64) and torch.isfinite(r).all()
+
+
+def test_cli_trains_from_params(tracks, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"train": {**TINY, "epochs": 1, "variants": ["none", "rope1d"]}}))
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["train", "--params", str(params), "--variant", "none", "--tracks", str(tracks),
+                              "--out", str(tmp_path / "out"), "--quiet"])
+    assert args.func(args) == 0
+    assert read_checkpoint(tmp_path / "out" / "last.pt")["encoder_config"]["variant"] == "none"
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and 0 <= metrics["val_knn_acc"] <= 1
