@@ -45,7 +45,9 @@ def write_metrics(path: str | Path, metrics: dict[str, Any], digits: int = 6) ->
     cleaned = _clean(metrics, digits)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cleaned, indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")  # atomic: a crash never leaves half a metrics file
+    tmp.write_text(json.dumps(cleaned, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
     return cleaned
 
 

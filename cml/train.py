@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from cml.checkpoint import Normalizer, read_checkpoint, save_checkpoint
 from cml.evaluation import knn_accuracy
 from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
 from cml.model import Encoder, EncoderConfig
+from cml.notebook import write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -485,14 +485,6 @@ def _best_epoch(history: list[dict]) -> dict:
     return best
 
 
-def _write_json(path: Path, data: dict) -> None:
-    """Strict JSON (NaN, e.g. k-NN without labels, becomes null), written atomically."""
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(clean, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------
 # The loop
 
@@ -660,7 +652,7 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
     if d.main and history:
         live.summary = dict(summary)  # dvclive adds its step to the dict it is given
         live.end()
-        _write_json(out / "metrics.json", summary)
+        write_metrics(out / "metrics.json", summary)
     return {**summary, "history": history}
 
 
