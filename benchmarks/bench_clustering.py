@@ -1,19 +1,24 @@
 """Wall time and peak memory of ELKI vs scipy vs scikit-learn on the same clustering tasks.
 
 Tasks: single linkage, Ward linkage, k-means and DBSCAN on n points of 128-d Gaussian blobs.
-Every case runs in a fresh Python subprocess so that peak memory is its own: for ELKI it is the peak
-resident set (VmHWM) of the Java child, polled from /proc; for scipy/scikit-learn the worker's own peak
-(``RUSAGE_SELF``), which includes the interpreter, the imports and the data; the ``python baseline`` row
-is that fixed part. ELKI's wall time is the whole call as a user sees it (writing the text input, JVM
-start-up, the run, parsing the output); the ``JVM start-up`` row is the same call on 10 points.
+Every case runs in a fresh Python subprocess so that peak memory is its own. Two memory columns: the
+Python worker's peak resident set (VmHWM of /proc/self/status: interpreter, imports, data, and for
+scipy/scikit-learn the clustering itself; the ``python baseline`` row is the fixed part), and for ELKI the
+peak resident set (VmHWM) of the Java child, polled from /proc every 20 ms (so a lower bound for very
+short runs). ELKI's wall time is the whole call as a user sees it (writing the text input, JVM start-up,
+the run, parsing the output); the ``JVM start-up`` row is the same call on 10 points.
+
+Budgets: a case whose estimated memory (the n^2/2 distance matrix of Anderberg, scipy's ``linkage`` and
+scikit-learn's Ward; see ``estimate_gib``) exceeds ``--memory-budget-gib`` is skipped with a note, and a
+(task, tool) that ran over ``--timeout`` is not tried again at larger n.
 
 ELKI single linkage runs twice: SLINK (linear memory) and Anderberg (a triangular n^2/2 distance matrix),
 to show the difference in the memory column. k-means: one k-means++ start everywhere (scikit-learn
 ``n_init=1``), k = number of blobs. DBSCAN: min_pts = 5 and eps from cml.clustering.kdistance_eps,
 computed once per n (not timed).
 
-    python benchmarks/bench_clustering.py                  # n = 1000, 5000, 20000 (slow: minutes)
-    python benchmarks/bench_clustering.py --sizes 1000     # a quick check
+    python benchmarks/bench_clustering.py                      # n = 1000, 5000, 20000 (slow: tens of minutes)
+    python benchmarks/bench_clustering.py --sizes 1000 2000    # a quick check
 """
 
 from __future__ import annotations
@@ -113,6 +118,14 @@ class ChildPeakRSS(threading.Thread):
         return self.peak_kib / 1024
 
 
+def _own_peak_mib() -> float:
+    """VmHWM of this process: its peak resident set since start."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on most systems
+
+
 def worker(spec: dict) -> dict:
     """Run one case in this (fresh) process and measure it."""
     X = _data(spec["n"], spec["dim"], spec["centers"], spec["seed"])
@@ -123,8 +136,16 @@ def worker(spec: dict) -> dict:
     _run_case(spec["task"], spec["tool"], X, spec["centers"], spec["seed"], eps)
     wall = time.perf_counter() - start
     java = monitor.stop()
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-    return {**spec, "wall_s": wall, "peak_mib": java if spec["tool"].startswith("elki") else own}
+    return {**spec, "wall_s": wall, "python_mib": _own_peak_mib(),
+            "java_mib": java if spec["tool"].startswith("elki") else None}
+
+
+def estimate_gib(task: str, tool: str, n: int, dim: int) -> float:
+    """Rough peak memory of a case: the data, plus an n^2/2 distance matrix where the algorithm keeps one."""
+    data = n * dim * 8 * 3  # the array, ELKI's text input, parsed vectors
+    quadratic = (tool == "elki-anderberg" or (tool == "scipy" and task in ("single", "ward"))
+                 or (tool == "sklearn" and task == "ward"))  # sklearn's single linkage is an O(n) MST
+    return (data + (n * (n - 1) / 2 * 8 * 1.25 if quadratic else 0)) / 2**30
 
 
 def measure(spec: dict, timeout: float) -> dict:
@@ -132,30 +153,48 @@ def measure(spec: dict, timeout: float) -> dict:
         proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
                               text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {**spec, "error": f"over {timeout:.0f} s"}
+        return {**spec, "error": f"skipped: over the {timeout:.0f} s budget"}
     if proc.returncode != 0:
         return {**spec, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| task | tool | n | wall (s) | peak memory (MiB) |", "|---|---|---:|---:|---:|"]
+    lines = ["| task | tool | n | wall (s) | Python peak (MiB) | Java peak (MiB) |", "|---|---|---:|---:|---:|---:|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['task']} | {r['tool']} | {r['n']} | {r['error']} | |")
+            lines.append(f"| {r['task']} | {r['tool']} | {r['n']} | {r['error']} | | |")
         else:
-            lines.append(f"| {r['task']} | {r['tool']} | {r['n']} | {r['wall_s']:.2f} | {r['peak_mib']:.0f} |")
+            lines.append(f"| {r['task']} | {r['tool']} | {r['n']} | {r['wall_s']:.2f} | {_mib(r['python_mib'])} "
+                         f"| {_mib(r.get('java_mib'))} |")
     return "\n".join(lines)
+
+
+def slink_note(rows: list[dict]) -> str:
+    """Single linkage at the largest n: SLINK's measured Java peak against the n^2 matrix it avoids."""
+    slink = [r for r in rows if r["tool"] == "elki-slink" and "error" not in r]
+    if not slink:
+        return ""
+    r = max(slink, key=lambda r: r["n"])
+    full = r["n"] ** 2 * 8 / 2**20
+    return (f"Single linkage, n = {r['n']}: ELKI SLINK peaked at {r['java_mib']:.0f} MiB (Java) where an n x n "
+            f"matrix of doubles alone is {full:.0f} MiB (n^2/2: {full / 2:.0f} MiB).")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", default="1000,5000,20000", help="comma-separated n")
+    p.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 20000], help="numbers of points")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--centers", type=int, default=10, help="number of blobs = k")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tasks", default="single,ward,kmeans,dbscan")
-    p.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per case; over it, larger n are skipped")
+    p.add_argument("--memory-budget-gib", type=float, default=0.5 * os.sysconf("SC_PAGE_SIZE")
+                   * os.sysconf("SC_PHYS_PAGES") / 2**30, help="skip cases estimated above this (default: half the RAM)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -165,17 +204,28 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = args.tasks.split(",")
     base = {"dim": args.dim, "centers": args.centers, "seed": args.seed}
-    specs = [{**base, "task": "overhead", "tool": "python baseline", "n": int(args.sizes.split(",")[-1])},
+    specs = [{**base, "task": "overhead", "tool": "python baseline", "n": max(args.sizes)},
              {**base, "task": "kmeans", "tool": "elki-lloyd", "n": 10, "centers": 2}]
-    specs += [{**base, "task": t, "tool": tool, "n": int(n)}
-              for n in args.sizes.split(",") for t, tool in CASES if t in tasks]
-    rows = []
+    specs += [{**base, "task": t, "tool": tool, "n": n} for n in sorted(args.sizes) for t, tool in CASES if t in tasks]
+    rows, timed_out = [], set()
     for spec in tqdm(specs, desc="cases", disable=args.no_progress):
-        row = measure({**spec, "tool": "baseline" if spec["task"] == "overhead" else spec["tool"]}, args.timeout)
+        need = estimate_gib(spec["task"], spec["tool"], spec["n"], spec["dim"])
+        if (spec["task"], spec["tool"]) in timed_out:
+            row = {**spec, "error": f"skipped: over the {args.timeout:.0f} s budget at a smaller n"}
+        elif need > args.memory_budget_gib:
+            row = {**spec, "error": f"skipped: needs ~{need:.1f} GiB > {args.memory_budget_gib:.1f} GiB budget"}
+        else:
+            row = measure({**spec, "tool": "baseline" if spec["task"] == "overhead" else spec["tool"]}, args.timeout)
+            if "over the" in row.get("error", ""):
+                timed_out.add((spec["task"], spec["tool"]))
         rows.append({**row, "task": spec["task"], "tool": spec["tool"]})
     rows[1]["task"], rows[1]["tool"] = "overhead", "ELKI JVM start-up (10 points)"
-    print(f"\n{args.dim}-d Gaussian blobs, {args.centers} centres; machine: {os.cpu_count()} CPUs\n")
+    print(f"\n{args.dim}-d Gaussian blobs, {args.centers} centres; machine: {os.cpu_count()} CPUs, "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB\n")
     print(table(rows))
+    note = slink_note(rows)
+    if note:
+        print("\n" + note)
     return 0
 
 

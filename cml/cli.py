@@ -11,7 +11,7 @@ import sys
 
 # Modules that contribute sub-commands, in the order `cml --help` lists them.
 COMMAND_MODULES = (
-    "corpus", "audio", "dataset", "features", "train", "embed", "evaluation", "clustering", "spotify",
+    "corpus", "audio", "dataset", "features", "train", "embed", "evaluation", "clustering", "playlist", "spotify",
 )
 
 

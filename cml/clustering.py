@@ -17,6 +17,10 @@ noise (-1) counted as one more cluster; always the number of clusters, the noise
 silhouette and Davies-Bouldin scores on the non-noise points (``None`` when undefined: fewer than two
 clusters or every point in its own cluster). Silhouette is computed on a seeded sample of at most 5000
 points, since it needs all pairwise distances.
+
+The ClusterTesting grid (:func:`run_grid`) scores every feature table x every method this way; the
+helpers after it rank the grid, pick the best pair, and find what the notebook shows of a clustering
+(its medoid tracks, its contingency table against the true labels).
 """
 
 from __future__ import annotations
@@ -28,15 +32,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn import cluster as skcluster
 from sklearn import metrics
 from sklearn.neighbors import NearestNeighbors
+from tqdm import tqdm
 
 from cml import elki
-from cml.tables import read_feature_table
+from cml.tables import FeatureTable, read_feature_table, standardise
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +169,181 @@ def evaluate(X: np.ndarray, labels: np.ndarray, true_labels=None, *, seed: int =
                        v_measure=float(metrics.v_measure_score(t, p)),
                        purity=purity(t, p))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid of the ClusterTesting notebook: every feature table x every method, and what to show of it.
+
+DENSITY = ("elki-hdbscan", "elki-dbscan", "dbscan", "hdbscan")  # choose their own number of clusters
+GRID_METRICS = ("nmi", "ari", "v_measure", "purity", "silhouette", "davies_bouldin", "n_clusters",
+                "noise_fraction")
+LOWER_IS_BETTER = {"davies_bouldin"}
+
+
+def discover_tables(embeddings_dir: str | Path, baselines: Mapping[str, str | Path] | None = None,
+                    select: str | Sequence[str] = "all") -> dict[str, Path]:
+    """Name -> feature table: ``<dir>/tracks.parquet`` of every folder under ``embeddings_dir`` (named
+    after the folder, sorted), then the ``baselines`` that exist; ``select`` ("all" or names) keeps some.
+
+    Only ``tracks.parquet`` is read: the crop tables beside it (``tracks.1x.parquet``, ...) cover the test
+    split only. A selected name that does not exist raises, naming what does.
+    """
+    found = {p.parent.name: p for p in sorted(Path(embeddings_dir).glob("*/tracks.parquet"))}
+    found.update({name: Path(path) for name, path in (baselines or {}).items() if Path(path).is_file()})
+    if select == "all":
+        return found
+    names = [select] if isinstance(select, str) else list(select)
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ValueError(f"no feature table for {missing}; available: {', '.join(found) or 'none'}")
+    return {name: found[name] for name in names}
+
+
+def load_tables(paths: Mapping[str, str | Path], *, ids: Sequence[str] | None = None,
+                labels: Mapping[str, object] | None = None, zscored: Sequence[str] = ("handcrafted",)
+                ) -> dict[str, FeatureTable]:
+    """Read feature tables, keep the rows in ``ids`` (in that order; all rows when None), take the true
+    labels from ``labels`` (id -> label) when given, and z-score the tables named in ``zscored``.
+
+    Ids missing from a table raise (every space must be scored on the same tracks).
+    """
+    tables = {}
+    for name, path in paths.items():
+        table = read_feature_table(path)
+        if ids is not None:
+            pos = {i: n for n, i in enumerate(table.ids)}
+            missing = [i for i in ids if i not in pos]
+            if missing:
+                raise ValueError(f"{path}: {len(missing)} tracks have no row (first: {missing[:5]})")
+            rows = np.array([pos[i] for i in ids], dtype=np.int64)
+            table = FeatureTable(ids=table.ids[rows], X=table.X[rows], feature_names=table.feature_names,
+                                 labels=None if table.labels is None else table.labels[rows],
+                                 meta=table.meta.iloc[rows].reset_index(drop=True))
+        if labels is not None:
+            table.labels = np.array([labels.get(i) for i in table.ids], dtype=object)
+        if name in zscored:
+            table.X = standardise(table.X)[0]  # baselines mix units (dB, Hz, ...)
+        tables[name] = table
+    return tables
+
+
+def n_labels(labels: np.ndarray | None) -> int:
+    """Distinct true labels (missing ones not counted): the default k."""
+    return 0 if labels is None else len({v for v in labels if v is not None and v == v})
+
+
+def select_spaces(names: Sequence[str], select: str | Sequence[str]) -> list[str]:
+    """``"all"``, ``"trained"`` (all but the ``untrained-*`` encoders) or a list of names, in ``names`` order."""
+    if select == "all":
+        return list(names)
+    if select == "trained":
+        return [n for n in names if not n.startswith("untrained-")]
+    wanted = [select] if isinstance(select, str) else list(select)
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise ValueError(f"unknown feature spaces {missing}; available: {', '.join(names)}")
+    return [n for n in names if n in wanted]
+
+
+def run_grid(tables: Mapping[str, FeatureTable], methods: Sequence[str] = METHODS, k: int | None = None,
+             seed: int = 0, *, elki_on: Sequence[str] | None = None, normalise: bool = True,
+             progress: bool = False) -> pd.DataFrame:
+    """Cluster every table with every method and score it with :func:`evaluate`: one row per pair.
+
+    ``k=None`` takes the number of true labels of each table. ``elki_on`` limits the ELKI methods to
+    those tables (each ELKI call starts a JVM, ~1 s); None runs them everywhere. A pair that fails (ELKI
+    error, k larger than the data, no labels to take k from) gets its reason in the ``error`` column and
+    the grid goes on.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    rows = []
+    pairs = [(name, method) for name in tables for method in methods
+             if elki_on is None or name in elki_on or not method.startswith("elki-")]
+    for name, method in tqdm(pairs, desc="clustering", disable=not progress):
+        table = tables[name]
+        k_used = k if k is not None else (n_labels(table.labels) or None)
+        row = {"embedding": name, "method": method, "k": k_used if method in NEEDS_K else None}
+        try:
+            result = cluster(table.X, method, k=k_used, seed=seed, normalise=normalise)
+        except (ValueError, elki.ElkiError) as err:
+            log.warning("%s x %s skipped: %s", name, method, err)
+            rows.append({**row, "error": str(err).splitlines()[0]})
+            continue
+        X = l2_normalise(table.X) if normalise else table.X
+        rows.append({**row, **evaluate(X, result.labels, table.labels, seed=seed), "seconds": result.seconds,
+                     "error": None})
+    grid = pd.DataFrame(rows).astype({"k": "Int64"})
+    first = [c for c in ("embedding", "method", "k", "n", "n_labelled", *GRID_METRICS, "seconds") if c in grid]
+    return grid[first + [c for c in grid if c not in first]]  # error last
+
+
+def grid_metrics(grid: pd.DataFrame) -> dict:
+    """The grid as ``{embedding: {method: {metric: value}}}`` (the metrics JSON; failed pairs left out)."""
+    out: dict = {}
+    for _, row in grid[grid["error"].isna()].iterrows():
+        out.setdefault(row["embedding"], {})[row["method"]] = {
+            m: (None if pd.isna(row[m]) else row[m]) for m in GRID_METRICS if m in row.index}
+    return out
+
+
+def headline_metric(grid: pd.DataFrame) -> str:
+    """NMI where there are true labels, else the silhouette (the only label-free score that ranks)."""
+    return "nmi" if "nmi" in grid and grid["nmi"].notna().any() else "silhouette"
+
+
+def ranking(grid: pd.DataFrame, metric: str = "nmi") -> pd.DataFrame:
+    """Embeddings x methods table of ``metric``, best embeddings first (by their best method) and best
+    methods first (by their mean over embeddings); Davies-Bouldin counts lower as better."""
+    table = grid.pivot(index="embedding", columns="method", values=metric).astype(float)
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    rows = (sign * table).max(axis=1).sort_values(ascending=False, kind="stable").index
+    cols = (sign * table).mean(axis=0).sort_values(ascending=False, kind="stable").index
+    return table.loc[rows, cols]
+
+
+def best_pair(grid: pd.DataFrame, metric: str = "nmi", methods: Sequence[str] | None = None) -> pd.Series:
+    """The grid row (embedding, method, scores) with the best ``metric``, optionally among ``methods``."""
+    rows = grid if methods is None else grid[grid["method"].isin(methods)]
+    scores = rows[metric].astype(float) * (-1.0 if metric in LOWER_IS_BETTER else 1.0)
+    if scores.isna().all():
+        raise ValueError(f"no pair has a {metric} score")
+    return rows.loc[scores.idxmax()]
+
+
+def medoids(X: np.ndarray, labels: np.ndarray, n: int = 1) -> dict[int, np.ndarray]:
+    """Cluster -> row indices of its ``n`` most central members, most central first (noise skipped).
+
+    Central = smallest sum of Euclidean distances to the other members (the medoid first): a real
+    track that stands for its cluster, unlike a centroid. Sums are computed in chunks, so memory stays
+    bounded; time is quadratic in the cluster size.
+    """
+    X, labels = np.asarray(X, dtype=np.float64), np.asarray(labels)
+    out = {}
+    for c in np.unique(labels[labels >= 0]):
+        members = np.flatnonzero(labels == c)
+        sums = np.concatenate(list(metrics.pairwise_distances_chunked(
+            X[members], reduce_func=lambda chunk, start: chunk.sum(axis=1))))
+        out[int(c)] = members[np.argsort(sums, kind="stable")[:n]]
+    return out
+
+
+def contingency(labels: np.ndarray, true_labels) -> pd.DataFrame:
+    """Clusters x true labels counts (rows without a true label left out; noise as the row ``noise``).
+
+    Labels are sorted; clusters are ordered by their majority label, then by size, so a good clustering
+    reads as a block diagonal.
+    """
+    true = pd.Series(true_labels, dtype=object)
+    has = true.notna().to_numpy()
+    pred = pd.Series(np.asarray(labels)[has]).map(lambda c: "noise" if c < 0 else str(c))
+    table = pd.crosstab(pred.to_numpy(), true[has].astype(str).to_numpy(), rownames=["cluster"],
+                        colnames=["label"])
+    table = table.reindex(columns=sorted(table.columns))
+    clusters = [c for c in table.index if c != "noise"]
+    order = sorted(clusters, key=lambda c: (int(np.argmax(table.loc[c].to_numpy())), -table.loc[c].max(), int(c)))
+    return table.loc[order + (["noise"] if "noise" in table.index else [])]
 
 
 def _run_cli(args: argparse.Namespace) -> int:

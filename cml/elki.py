@@ -170,6 +170,9 @@ def _check_k(X: np.ndarray, k: int, distinct: bool = False) -> None:
         raise ValueError(f"k={k} clusters asked for, but there are only {n} {what}")
 
 
+QUICK_JVM_VALUES = 500_000  # n x d up to which the JVM runs in its quick start-up mode (see _run)
+
+
 def heap_mb(n: int, d: int, quadratic: bool = False) -> int:
     """JVM heap (-Xmx) for n points of d dims: vectors and text parsing, plus the n^2/2 matrix if quadratic.
 
@@ -304,7 +307,10 @@ def _run(X: np.ndarray, args: list[str], quadratic: bool, timeout: float | None)
     with tempfile.TemporaryDirectory(prefix="cml-elki-") as tmp:
         data, out = Path(tmp) / "data.csv", Path(tmp) / "out"
         _write_input(X, data)
-        cmd = [elki.java, f"-Xmx{heap_mb(n, d, quadratic)}m", "-Djava.awt.headless=true",
+        # Small inputs finish before the JIT's optimising tier pays off: the client tier and the serial GC
+        # cut a 420-track run from ~1.4 s to ~0.9 s. Large runs keep the default (fully optimised) JVM.
+        quick = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if n * d <= QUICK_JVM_VALUES else []
+        cmd = [elki.java, f"-Xmx{heap_mb(n, d, quadratic)}m", *quick, "-Djava.awt.headless=true",
                "-cp", elki.classpath, elki.cls("app"), "-dbc.in", str(data), *args,
                "-evaluator", elki.cls("no_eval"), "-resulthandler", elki.cls("writer"), "-out", str(out)]
         log.debug("running %s", " ".join(cmd))

@@ -9,8 +9,8 @@ Two kinds of per-track features, both computed from one mono waveform:
   over time = 118 dims. Learned representations are compared against this vector with the same
   clustering and retrieval metrics.
 
-`extract_features` runs either over a track table with skip-and-report; `standardise`, `project_2d` and
-`class_summary` are the small numeric helpers the notebook needs around them.
+`extract_features` runs either over a track table with skip-and-report; `project_2d` and `class_summary`
+are the small numeric helpers the notebook needs around them (`cml.tables.standardise` z-scores the columns).
 
 Framing (fixed so that numbers from different tracks are comparable): spectral features use an
 N_FFT = 2048 window with hop 512 (128 ms / 32 ms at 16 kHz); onsets and tempo use a 10 ms hop. Inputs
@@ -265,24 +265,6 @@ def extract_features(
     features[columns] = features[columns].astype(np.float64)
     log.info("features (%s) for %d tracks, %d skipped", kind, len(features), len(skipped))
     return features, pd.DataFrame(skipped, columns=["id", "path", "reason"])
-
-
-def standardise(X: np.ndarray | pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Z-score each column; returns (Z, mean, std) with std = 1 where a column is constant.
-
-    Constant columns (e.g. a chroma row of an all-percussion set) become 0 instead of NaN. NaN entries
-    are ignored by the statistics and stay NaN in Z.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"expected a 2-D array (n, d), got shape {X.shape}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled just below
-        mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
-    mean = np.nan_to_num(mean)
-    # Relative threshold: a constant column's float std is ~1e-16 * |value|, not exactly 0.
-    std = np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
-    return (X - mean) / std, mean, std
 
 
 def project_2d(X: np.ndarray | pd.DataFrame, method: str = "pca", seed: int = 0) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -182,3 +183,21 @@ def write_feature_table(path: str | Path, ids, X, labels=None,
     metadata = {**(table.schema.metadata or {}), FEATURES_METADATA_KEY: json.dumps(features).encode()}
     pq.write_table(table.replace_schema_metadata(metadata), path)
     return path
+
+
+def standardise(X: np.ndarray | pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Z-score each column; returns (Z, mean, std) with std = 1 where a column is constant.
+
+    Constant columns (e.g. a chroma row of an all-percussion set) become 0 instead of NaN. NaN entries
+    are ignored by the statistics and stay NaN in Z.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-D array (n, d), got shape {X.shape}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled just below
+        mean, std = np.nanmean(X, axis=0), np.nanstd(X, axis=0)
+    mean = np.nan_to_num(mean)
+    # Relative threshold: a constant column's float std is ~1e-16 * |value|, not exactly 0.
+    std = np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
+    return (X - mean) / std, mean, std

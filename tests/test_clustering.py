@@ -9,8 +9,10 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from cml.clustering import METHODS, cluster, evaluate, kdistance_eps, l2_normalise, purity, register_cli
-from cml.tables import write_feature_table
+from cml.clustering import (GRID_METRICS, METHODS, best_pair, cluster, contingency, discover_tables, evaluate,
+                            grid_metrics, headline_metric, kdistance_eps, l2_normalise, load_tables, medoids, purity,
+                            ranking, register_cli, run_grid, select_spaces)
+from cml.tables import FeatureTable, write_feature_table
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +133,86 @@ def test_cli_reports_bad_input(tmp_path, cli, capsys):
     assert "NaN or inf features in 1 rows, ids: b" in capsys.readouterr().err
     assert cli(str(tmp_path / "t.csv"), "--method", "kmeans", "--drop-invalid") == 1  # no labels to take k from
     assert "--k is required for kmeans" in capsys.readouterr().err
+
+
+# --- the ClusterTesting grid and what the notebook shows of it ---------------------------------------
+
+def _table(tmp_path, name, X, labels, ids=None):
+    ids = ids if ids is not None else [f"t{i:03d}" for i in range(len(X))]
+    return write_feature_table(tmp_path / name / "tracks.parquet", ids, X, labels=labels)
+
+
+def test_discover_and_load_tables(tmp_path, blobs):
+    X, y = blobs
+    labels = [f"g{v}" for v in y]
+    _table(tmp_path / "emb", "b-s0", X, labels)
+    _table(tmp_path / "emb", "a-s0", X[::-1], labels[::-1], ids=[f"t{i:03d}" for i in range(len(X))][::-1])
+    write_feature_table(tmp_path / "emb/a-s0/tracks.1x.parquet", ["t000"], X[:1])  # crops: not a table
+    hand = write_feature_table(tmp_path / "hand.parquet", [f"t{i:03d}" for i in range(len(X))], X * 100 + 5)
+    paths = discover_tables(tmp_path / "emb", {"handcrafted": hand, "absent": tmp_path / "no.parquet"})
+    assert list(paths) == ["a-s0", "b-s0", "handcrafted"]
+    assert list(discover_tables(tmp_path / "emb", select=["b-s0"])) == ["b-s0"]
+    with pytest.raises(ValueError, match="no feature table for \\['c-s0'\\]; available: a-s0, b-s0"):
+        discover_tables(tmp_path / "emb", select="c-s0")
+
+    ids = ["t005", "t001", "t100"]
+    tables = load_tables(paths, ids=ids, labels={"t001": "x", "t100": "y"})
+    for name, table in tables.items():
+        assert table.ids.tolist() == ids and table.labels.tolist() == [None, "x", "y"], name
+    np.testing.assert_allclose(tables["a-s0"].X, tables["b-s0"].X)  # same rows whatever the file order
+    np.testing.assert_allclose(tables["handcrafted"].X.std(axis=0), 1.0)  # z-scored baseline
+    with pytest.raises(ValueError, match="1 tracks have no row"):
+        load_tables(paths, ids=["t001", "zzz"])
+
+
+def test_run_grid_scores_every_pair_and_reports_failures(blobs):
+    X, y = blobs
+    rng = np.random.default_rng(0)
+    good = FeatureTable(ids=np.arange(len(X)).astype(str), X=X, feature_names=[], labels=np.array(
+        [f"g{v}" for v in y], dtype=object), meta=pd.DataFrame(index=range(len(X))))
+    noise = FeatureTable(ids=good.ids, X=rng.normal(size=X.shape), feature_names=[], labels=good.labels,
+                         meta=good.meta)
+    tiny = FeatureTable(ids=good.ids[:2], X=X[:2], feature_names=[], labels=good.labels[:2], meta=good.meta[:2])
+    grid = run_grid({"good": good, "noise": noise, "tiny": tiny}, ["elki-ward", "kmeans"], k=3, seed=0)
+    assert grid[["embedding", "method"]].values.tolist() == [
+        [e, m] for e in ("good", "noise", "tiny") for m in ("elki-ward", "kmeans")]
+    ok = grid[grid["embedding"] == "good"]
+    assert (ok["nmi"] == 1.0).all() and (ok["purity"] == 1.0).all() and (ok["k"] == 3).all()
+    assert grid.loc[grid["embedding"] == "tiny", "error"].str.contains("only 2 points").all()
+
+    nested = grid_metrics(grid)
+    assert set(nested) == {"good", "noise"} and set(nested["good"]) == {"elki-ward", "kmeans"}
+    assert nested["good"]["kmeans"]["ari"] == 1.0 and set(nested["good"]["kmeans"]) == set(GRID_METRICS)
+    assert json.dumps(nested)
+    assert headline_metric(grid) == "nmi"
+    assert ranking(grid, "nmi").index.tolist()[0] == "good"
+    assert ranking(grid, "davies_bouldin").index.tolist()[0] == "good"  # lower is better there
+    assert best_pair(grid, "nmi", methods=["kmeans"])[["embedding", "method"]].tolist() == ["good", "kmeans"]
+    # k = number of true labels when not given; ELKI methods only where asked
+    limited = run_grid({"good": good, "tiny": tiny}, ["kmeans", "elki-kmeans"], elki_on=["tiny"])
+    assert limited[["embedding", "method"]].values.tolist() == [["good", "kmeans"], ["tiny", "kmeans"],
+                                                               ["tiny", "elki-kmeans"]]
+    assert limited["k"].tolist() == [3, 2, 2]
+    assert select_spaces(["a-s0", "untrained-a", "handcrafted"], "trained") == ["a-s0", "handcrafted"]
+    assert select_spaces(["a-s0", "untrained-a"], "all") == ["a-s0", "untrained-a"]
+    with pytest.raises(ValueError, match="unknown feature spaces \\['b'\\]"):
+        select_spaces(["a-s0"], ["b"])
+
+
+def test_medoids_are_the_most_central_members():
+    X = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [100.0], [101.0], [500.0]])
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, -1])
+    got = medoids(X, labels, n=2)
+    assert set(got) == {0, 1}  # noise has no medoid
+    assert got[0].tolist() == [2, 1]  # sums of distances: 2 -> 12, then 1 and 3 -> 13 (stable: 1 first)
+    assert got[1].tolist() == [5, 6]
+
+
+def test_contingency_orders_clusters_by_majority_label():
+    pred = np.array([5, 5, 5, 2, 2, -1, 7, 7])
+    true = ["b", "b", "a", "a", "a", "b", None, "b"]
+    table = contingency(pred, true)
+    assert table.columns.tolist() == ["a", "b"]
+    assert table.index.tolist() == ["2", "5", "7", "noise"]  # 2 is mostly a, 5 and 7 mostly b, noise last
+    assert table.loc["5"].tolist() == [1, 2] and table.loc["7"].tolist() == [0, 1]  # unlabelled row left out
+    assert table.to_numpy().sum() == 7

@@ -16,8 +16,8 @@ from cml.features import (
     extract_features,
     handcrafted_embedding,
     project_2d,
-    standardise,
 )
+from cml.tables import standardise
 
 SR = 16000
 

@@ -115,6 +115,8 @@ def test_first_run_produces_corpus_tracks_features_notebook_and_metrics(repo: Pa
     assert metrics["spotify_tracks"] == 0
     assert 0.0 <= metrics["handcrafted_knn_label_acc"] <= 1.0
     assert list((repo / "outputs/data_analysis/figures").glob("*.png"))
+    playlists = json.loads((repo / "outputs/playlists/metrics.json").read_text())
+    assert playlists["n_seeds"] >= 1 and playlists["playlist"]["n_tracks"] >= playlists["n_seeds"]
     for variant in TINY_PARAMS["train"]["variants"]:
         assert (repo / f"outputs/train/{variant}-s0/best.pt").is_file()
         assert notebook_errors(repo / f"outputs/notebooks/Train-{variant}-s0.ipynb") == []
@@ -123,6 +125,9 @@ def test_first_run_produces_corpus_tracks_features_notebook_and_metrics(repo: Pa
     comparison = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
     assert {"contrastive/none", "contrastive/rope2d", "untrained/rope2d", "baseline/handcrafted"} <= set(comparison)
     assert set(comparison["contrastive/rope2d"]) >= {"knn_acc", "linear_acc", "nmi", "ari"}
+    clusters = json.loads((repo / "outputs/cluster_testing/metrics.json").read_text())
+    assert {"none-s0", "rope2d-s0", "untrained-rope2d", "handcrafted"} <= set(clusters)
+    assert 0.0 <= clusters["rope2d-s0"]["elki-ward"]["nmi"] <= 1.0 and "noise_fraction" in clusters["none-s0"]["dbscan"]
 
 
 def test_status_is_clean_and_second_repro_runs_nothing(repo: Path):

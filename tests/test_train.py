@@ -11,7 +11,7 @@ import torch
 from cml.audio import MelConfig
 from cml.augment import Augment, AugmentConfig
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
-from cml.train import PairDataset, TrackCrops, TrainConfig, _groups, epoch_batches, register_cli, train
+from cml.train import PairDataset, TrackCrops, TrainConfig, _best_epoch, _groups, epoch_batches, register_cli, train
 
 SR = 16000
 TINY = dict(model=dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16), crop_seconds=0.64, batch_size=4,
@@ -135,6 +135,30 @@ def test_two_views_of_a_piece_come_from_two_renderings(tmp_path):
         assert group == 1 and {round(float(v1.mean())), round(float(v2.mean()))} == {2, 3}
 
 
+def test_aligned_views_take_the_same_passage_of_both_renderings(tmp_path):
+    csv = make_tracks(tmp_path, n=2, piece=True)
+    rows = pd.read_csv(csv)
+    crops = TrackCrops(list(rows["path"]), [3.0, 3.0], MelConfig(), in_memory=True, progress=False)
+    ramp = torch.arange(300, dtype=torch.float32).expand(64, 300) / 100  # frame / 100: a crop shows its start
+    crops.logmels = [ramp, ramp + 10]  # rendering 1 = rendering 0 plus 10
+    starts = lambda v1, v2: (round(float(v1[0, 0]) * 100) % 1000, round(float(v2[0, 0]) * 100) % 1000)
+    aligned = PairDataset(crops, [[0, 1]], 0.64, Augment(AugmentConfig.off()), Normalizer(), shift=0.0)
+    jittered = PairDataset(crops, [[0, 1]], 0.64, Augment(AugmentConfig.off()), Normalizer(), shift=0.2)
+    free = PairDataset(crops, [[0, 1]], 0.64, Augment(AugmentConfig.off()), Normalizer())
+    a, b = zip(*(starts(*aligned[(0, seed)][:2]) for seed in range(20)))
+    assert a == b and len(set(a)) > 5  # same passage in both views, at many positions
+    gaps = [abs(x - y) for x, y in (starts(*jittered[(0, seed)][:2]) for seed in range(20))]
+    assert max(gaps) <= 20 and max(gaps) > 0  # within +-0.2 s = 20 frames
+    assert max(abs(x - y) for x, y in (starts(*free[(0, seed)][:2]) for seed in range(20))) > 20
+
+
+def test_best_epoch_is_the_lowest_val_loss_or_the_last_without_val():
+    nan = float("nan")
+    history = [{"epoch": e, "val/ntxent": v, "val/knn_acc": k} for e, v, k in [(1, 3.5, 0.6), (2, 3.1, 0.3), (3, 3.2, 0.5)]]
+    assert _best_epoch(history)["epoch"] == 2  # the loss decides, not the noisy k-NN accuracy
+    assert _best_epoch([{**h, "val/ntxent": nan, "val/knn_acc": nan} for h in history])["epoch"] == 3
+
+
 def test_epoch_batches_are_deterministic_and_cover_the_groups():
     a = epoch_batches(seed=0, epoch=3, n_groups=10, batch_size=4, steps=5)
     assert a == epoch_batches(seed=0, epoch=3, n_groups=10, batch_size=4, steps=5)
@@ -151,6 +175,7 @@ def test_disk_crops_match_the_memory_cache(tracks):
     a, b = mem.centre(0, 1.0), disk.centre(0, 1.0)
     assert a.shape == b.shape == (64, 100)
     assert torch.allclose(a[:, 2:-2], b[:, 2:-2], atol=1e-3)  # edge frames differ: padding vs real context
+    assert torch.allclose(mem.at(0, 0.5, 0.5, 0.1)[:, 2:-2], disk.at(0, 0.5, 0.5, 0.1)[:, 2:-2], atol=1e-3)
     r = disk.random(1, 0.64, torch.Generator().manual_seed(0))
     assert r.shape == (64, 64) and torch.isfinite(r).all()
 
