@@ -280,12 +280,13 @@ class PairDataset(Dataset):
         rows = self.groups[group]
         pick = torch.randperm(len(rows), generator=g)
         a, b = rows[int(pick[0])], rows[int(pick[-1])]
-        if self.shift is None:
-            crops = [self.crops.random(r, self.seconds, g) for r in (a, b)]
-        else:  # one position for both views, the second moved by up to +-shift seconds
+        fraction = shift = None
+        if self.shift is not None:  # one position for both views, the second moved by up to +-shift seconds
             fraction, shift = float(torch.rand((), generator=g)), self.shift * (2 * float(torch.rand((), generator=g)) - 1)
-            crops = [self.crops.at(a, self.seconds, fraction), self.crops.at(b, self.seconds, fraction, shift)]
-        views = [self.norm(self.augment(x, g)) for x in crops]
+        views = []
+        for row, moved in ((a, 0.0), (b, shift)):
+            x = self.crops.random(row, self.seconds, g) if fraction is None else self.crops.at(row, self.seconds, fraction, moved)
+            views.append(self.norm(self.augment(x, g)))
         return views[0], views[1], group
 
 
