@@ -63,7 +63,8 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist, pdist
 from tqdm.auto import tqdm
 
-from cml.tables import FeatureTable, read_feature_table
+from cml.clustering import cluster, l2_normalise
+from cml.tables import FeatureTable, read_feature_table, standardise
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,9 @@ def prepare(X: np.ndarray, scale: str = "l2") -> np.ndarray:
     """The space every step works in: unit rows (``l2``), z-scored columns (``standard``) or as is."""
     X = np.asarray(X, dtype=np.float64)
     if scale == "l2":
-        norms = np.linalg.norm(X, axis=1, keepdims=True)
-        return X / np.where(norms > 0, norms, 1.0)
+        return l2_normalise(X)
     if scale == "standard":
-        std = X.std(axis=0)
-        return (X - X.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        return standardise(X)[0]
     if scale == "none":
         return X
     raise PlaylistError(f"unknown scale {scale!r}; choose from {', '.join(SCALES)}")
@@ -338,11 +337,8 @@ class Playlist:
 
 
 def _unique(values: Sequence[int]) -> np.ndarray:
-    seen: list[int] = []
-    for v in values:
-        if int(v) not in seen:
-            seen.append(int(v))
-    return np.asarray(seen, dtype=np.int64)
+    """The values without repeats, in first-seen order (np.unique would sort them)."""
+    return np.asarray(list(dict.fromkeys(int(v) for v in values)), dtype=np.int64)
 
 
 def build_playlist(X: np.ndarray, seeds: Sequence[int], length: int, *, mode: str = "hull", dim: int = 3,
@@ -498,8 +494,9 @@ def playlist_metrics(X: np.ndarray, order: Sequence[int], seeds: Sequence[int], 
     out["label_purity"] = None
     if labels is not None:
         labels = np.asarray(labels, dtype=object)
-        wanted = {v for v in labels[np.asarray(seeds, dtype=np.int64)] if v is not None}
-        added = [labels[i] for i in order if i not in set(np.asarray(seeds).tolist()) and labels[i] is not None]
+        seed_rows = set(np.asarray(seeds, dtype=np.int64).tolist())
+        wanted = {labels[i] for i in seed_rows if labels[i] is not None}
+        added = [labels[i] for i in order if i not in seed_rows and labels[i] is not None]
         if wanted and added:
             out["label_purity"] = float(np.mean([v in wanted for v in added]))
     return out
@@ -516,8 +513,6 @@ def knn_baseline(X: np.ndarray, seeds: Sequence[int], length: int) -> np.ndarray
 
 def cluster_baseline(X: np.ndarray, seeds: Sequence[int], length: int, n_clusters: int, seed: int = 0) -> np.ndarray:
     """The seeds plus random tracks (drawn with ``seed``) from the k-means clusters that hold a seed."""
-    from cml.clustering import cluster
-
     seeds = _unique(seeds)
     k = max(1, min(n_clusters, len(X)))
     clusters = cluster(X, "kmeans", k=k, seed=seed, normalise=False).labels
@@ -541,8 +536,8 @@ def compare_with_baselines(X: np.ndarray, playlist: Playlist, labels: Sequence |
     for name, chosen in (("knn_centroid", knn_baseline(X, playlist.seeds, length)),
                          ("random_cluster", cluster_baseline(X, playlist.seeds, length, n_clusters, seed))):
         rows[name] = order_tracks(X, np.union1d(chosen, [start]), start=start)
-    return pd.DataFrame({name: playlist_metrics(X, order, playlist.seeds, labels, coords)
-                         for name, order in rows.items()}).T.rename_axis("method")
+    return pd.DataFrame.from_dict({name: playlist_metrics(X, order, playlist.seeds, labels, coords)
+                                   for name, order in rows.items()}, orient="index").rename_axis("method")
 
 
 # --------------------------------------------------------------------------------------------------
