@@ -46,10 +46,13 @@ def knn_accuracy(
     """
     if len(X_train) == 0 or len(X_test) == 0:
         return float("nan")
-    k = max(1, min(k, len(X_train)))
-    clf = KNeighborsClassifier(n_neighbors=k, metric=metric, algorithm="brute")
-    clf.fit(X_train, y_train)
-    return float(np.mean(clf.predict(X_test) == np.asarray(y_test)))
+    return float(np.mean(fit_knn(X_train, y_train, k, metric).predict(X_test) == np.asarray(y_test)))
+
+
+def fit_knn(X_train: np.ndarray, y_train: np.ndarray, k: int = 5, metric: str = "cosine") -> KNeighborsClassifier:
+    """The k-NN vote of `knn_accuracy`, fitted, to score several test sets against one reference."""
+    clf = KNeighborsClassifier(n_neighbors=max(1, min(k, len(X_train))), metric=metric, algorithm="brute")
+    return clf.fit(X_train, y_train)
 
 
 def lead_program(programs: str) -> str:
@@ -101,12 +104,16 @@ def linear_probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.n
     """
     if len(X_train) == 0 or len(X_test) == 0:
         return float("nan")
+    return float(np.mean(fit_linear_probe(X_train, y_train, seed).predict(X_test) == np.asarray(y_test)))
+
+
+def fit_linear_probe(X_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
+    """The probe of `linear_probe_accuracy` (L2 rows, train-split scaling, logistic regression), fitted."""
     probe = make_pipeline(FunctionTransformer(_l2), StandardScaler(),
                           LogisticRegression(max_iter=LINEAR_MAX_ITER, random_state=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # separable data never "converges"; accuracy is fine
-        probe.fit(X_train, np.asarray(y_train))
-    return float(np.mean(probe.predict(X_test) == np.asarray(y_test)))
+        return probe.fit(X_train, np.asarray(y_train))
 
 
 def kmeans_agreement(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -182,13 +189,7 @@ def length_extrapolation(X_train: np.ndarray, y_train: np.ndarray, crops: Mappin
     length scores the same on every row; NMI/ARI come from k-means on each crop's test embeddings.
     """
     y_train, y_test = np.asarray(y_train).astype(str), np.asarray(y_test).astype(str)
-    knn = KNeighborsClassifier(n_neighbors=max(1, min(k, len(X_train))), metric="cosine", algorithm="brute")
-    knn.fit(X_train, y_train)
-    probe = make_pipeline(FunctionTransformer(_l2), StandardScaler(),
-                          LogisticRegression(max_iter=LINEAR_MAX_ITER, random_state=seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        probe.fit(X_train, y_train)
+    knn, probe = fit_knn(X_train, y_train, k), fit_linear_probe(X_train, y_train, seed)
     rows = []
     for name, X in crops.items():
         rows.append({"crop": name, "knn_acc": float(np.mean(knn.predict(X) == y_test)),
