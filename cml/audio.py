@@ -231,7 +231,9 @@ class MelConfig:
     """Log-mel parameters; frozen so a config can key caches and be stored with a checkpoint."""
 
     sample_rate: int = 16000  # Hz; every track is resampled to this
-    n_fft: int = 400  # 25 ms window at 16 kHz
+    n_fft: int = 2048  # 128 ms window: 7.8 Hz bins separate the partials of neighbouring semitones from
+    #   ~130 Hz up; a 25 ms window (400, 40 Hz bins) blurs them below ~700 Hz, where most melodies and
+    #   all bass lines lie, and the encoders learned less style from it (README, "What changed the numbers")
     hop_length: int = 160  # 10 ms hop: 100 frames per second
     n_mels: int = 64  # mel bands (HTK scale)
     f_min: float = 30.0  # Hz; below is rumble and DC offset, not music
@@ -242,29 +244,30 @@ class MelConfig:
 class LogMel(torch.nn.Module):
     """Natural-log mel power spectrogram: (..., n) waveform -> (..., n_mels, 1 + n // hop_length).
 
-    torchaudio's `MelSpectrogram` (Hann window, power 2, HTK mel scale, no filterbank norm), then
-    ln(power + log_offset). Frames are centred (frame t covers t * hop_length +- n_fft / 2) with zero
-    padding at both ends rather than reflection, so any length works and a track computed block by
-    block (`track_logmel`) is the same computation. Deterministic: no dropout, no dithering.
+    The numbers of torchaudio's `MelSpectrogram` (Hann window, power 2, HTK mel scale, no filterbank
+    norm; tested equal), then ln(power + log_offset). The power is taken as re^2 + im^2 rather than
+    |z|^2, which makes the front end ~1.4x faster at n_fft 2048 and ~5x at 400. Frames are centred (frame t
+    covers t * hop_length +- n_fft / 2) with zero padding at both ends rather than reflection, so any
+    length works and a track computed block by block (`track_logmel`) is the same computation.
+    Deterministic: no dropout, no dithering.
     """
 
     def __init__(self, config: MelConfig = MelConfig()) -> None:
         super().__init__()
         self.config = config
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=config.sample_rate,
-            n_fft=config.n_fft,
-            hop_length=config.hop_length,
-            n_mels=config.n_mels,
-            f_min=config.f_min,
-            f_max=config.f_max,
-            power=2.0,
-            center=False,  # padding is done in forward, so blocks can be stitched
-        )
+        self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
+        fbank = torchaudio.functional.melscale_fbanks(config.n_fft // 2 + 1, config.f_min, config.f_max,
+                                                      config.n_mels, config.sample_rate, norm=None, mel_scale="htk")
+        self.register_buffer("fbank", fbank, persistent=False)  # (n_fft / 2 + 1, n_mels)
 
     def frames(self, wave: torch.Tensor) -> torch.Tensor:
         """Log-mel of every full n_fft window of `wave` (..., n), without padding."""
-        return torch.log(self.mel(wave) + self.config.log_offset)
+        lead = wave.shape[:-1]
+        spec = torch.stft(wave.reshape(-1, wave.shape[-1]), self.config.n_fft, self.config.hop_length,
+                          window=self.window, center=False, return_complex=True)  # (B, F, T)
+        power = spec.real.square() + spec.imag.square()
+        mel = (power.transpose(-1, -2) @ self.fbank).transpose(-1, -2)  # (B, n_mels, T)
+        return torch.log(mel + self.config.log_offset).reshape(*lead, self.config.n_mels, -1)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         pad = self.config.n_fft // 2

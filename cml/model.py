@@ -5,16 +5,21 @@ projection head, and the `Encoder` that ties them together.
 
 Input (B, n_mels, frames) log-mels, 64 bins at a 10 ms hop by default. Tokens are either 1-D (one token
 per `frames_per_token` frames, all mel bins) or 2-D (patch_freq x patch_time patches). The defaults give
-both the same patch size (64 x 4 = 16 x 16 = 256 values) and the same number of tokens (100 for a 4 s
-crop), so variants differ in position handling, not in cost. Frames past the last whole token are trimmed
-(less than one token: at most 30 ms with 1-D, 150 ms with 2-D tokens), so there is no padding and no
-padding mask; a batch holds inputs of equal length.
+both the same patch size (64 x 8 = 16 x 32 = 512 values) and about the same number of tokens (50 and 48
+for a 4 s crop), so variants differ in position handling, not in cost. Frames past the last whole token
+are trimmed (less than one token: at most 70 ms with 1-D, 310 ms with 2-D tokens), so there is no padding
+and no padding mask; a batch holds inputs of equal length. 80 ms tokens and a 2x MLP cost a third of
+40 ms tokens and a 4x MLP per clip, and on a fixed CPU budget three times the steps taught the encoders
+more than the finer tokens did (README, "What changed the numbers").
 
-Pooling: "mean" averages the tokens (a document mean). "cls" prepends a learned token whose output is
-the embedding; it has no place in time or frequency, so it gets no sin-cos embedding, no RoPE rotation
-(angle 0, as RoPE-ViT leaves the class token unrotated) and zero ALiBi bias to and from every token.
-For RoPE that means it sits at position 0, so against far tokens of a long input it meets offsets it
-never saw in training; mean pooling has no such issue and is the default.
+Pooling: "meanstd" (the default) concatenates the mean and the standard deviation of the tokens over the
+input, the statistics pooling of x-vectors (Snyder et al. 2018): how much the music changes over a track
+(steady chorale chords against running fiddle notes) is a style cue a mean alone averages away. "mean"
+averages the tokens (a document mean). "cls" prepends a learned token whose output is the embedding; it
+has no place in time or frequency, so it gets no sin-cos embedding, no RoPE rotation (angle 0, as
+RoPE-ViT leaves the class token unrotated) and zero ALiBi bias to and from every token. For RoPE that
+means it sits at position 0, so against far tokens of a long input it meets offsets it never saw in
+training; the pooled statistics have no such issue.
 """
 
 import logging
@@ -50,15 +55,15 @@ class EncoderConfig:
     variant: str = "rope1d"  # positional scheme by name, a key of VARIANTS
     tokens: Optional[str] = None  # "1d" | "2d": tokenizer override, only for "none" and "sincos"
     n_mels: int = 64  # mel bins of the input
-    frames_per_token: int = 4  # 1-D tokens: frames per token (40 ms at a 10 ms hop), all mel bins
+    frames_per_token: int = 8  # 1-D tokens: frames per token (80 ms at a 10 ms hop), all mel bins
     patch_freq: int = 16  # 2-D tokens: mel bins per patch (64 bins -> 4 frequency rows)
-    patch_time: int = 16  # 2-D tokens: frames per patch (160 ms)
+    patch_time: int = 32  # 2-D tokens: frames per patch (320 ms)
     dim: int = 128  # token width
     depth: int = 4  # Transformer blocks
     heads: int = 4  # attention heads (head dim = dim / heads = 32)
-    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * dim
+    mlp_ratio: int = 2  # MLP hidden width = mlp_ratio * dim
     dropout: float = 0.0  # attention, residual and token dropout
-    pool: str = "mean"  # "mean" (document mean) | "cls"
+    pool: str = "meanstd"  # "meanstd" (mean and std of the tokens) | "mean" (document mean) | "cls"
     embed_dim: int = 128  # track embedding size
     proj_dim: int = 64  # projection head output, seen only by the contrastive loss
     rope_theta: float = 10000.0  # RoPE base; the slowest pair turns once in ~35k tokens (23 min, rope1d)
@@ -76,8 +81,8 @@ class EncoderConfig:
         if self.tokens not in (None, VARIANTS[self.variant][0]) and self.variant not in FREE_TOKENS:
             raise ValueError(f"variant {self.variant!r} needs {VARIANTS[self.variant][0]} tokens, "
                              f"got tokens={self.tokens!r}")
-        if self.pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.pool not in ("mean", "meanstd", "cls"):
+            raise ValueError(f"pool must be 'mean', 'meanstd' or 'cls', got {self.pool!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.token_kind == "2d" and self.n_mels % self.patch_freq:
@@ -222,7 +227,7 @@ class Encoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.ln_f = nn.LayerNorm(cfg.dim)
-        self.to_embed = nn.Linear(cfg.dim, cfg.embed_dim)
+        self.to_embed = nn.Linear(2 * cfg.dim if cfg.pool == "meanstd" else cfg.dim, cfg.embed_dim)
         self.head = ProjectionHead(cfg.embed_dim, cfg.proj_dim)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections shrink with depth
@@ -281,7 +286,11 @@ class Encoder(nn.Module):
         for block in self.blocks:
             h = block(h, rope, bias_rows)
         h = self.ln_f(h)
-        return self.to_embed(h[:, 0] if self.cls is not None else h.mean(dim=1))
+        if self.cls is not None:
+            return self.to_embed(h[:, 0])
+        if self.cfg.pool == "meanstd":
+            return self.to_embed(torch.cat([h.mean(dim=1), h.std(dim=1, correction=0)], dim=-1))
+        return self.to_embed(h.mean(dim=1))
 
     def project(self, e: Tensor) -> Tensor:
         """(B, embed_dim) -> (B, proj_dim): the space the contrastive loss works in."""
@@ -331,5 +340,6 @@ class Encoder(nn.Module):
         n = n_patch + (self.cls is not None)
         d, hidden = cfg.dim, cfg.mlp_ratio * cfg.dim
         layer = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * hidden
-        heads = 2 * d * cfg.embed_dim + 2 * cfg.embed_dim * cfg.embed_dim + 2 * cfg.embed_dim * cfg.proj_dim
+        pooled = 2 * d if cfg.pool == "meanstd" else d
+        heads = 2 * pooled * cfg.embed_dim + 2 * cfg.embed_dim * cfg.embed_dim + 2 * cfg.embed_dim * cfg.proj_dim
         return batch * (2 * n_patch * pf * pt * d + cfg.depth * layer + heads)

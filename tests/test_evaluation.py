@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from cml import evaluation
-from cml.evaluation import (evaluate_embeddings, kmeans_agreement, length_extrapolation,
-                            linear_probe_accuracy)
+from cml.evaluation import (evaluate_embeddings, kmeans_agreement, leave_group_out_knn_accuracy,
+                            length_extrapolation, linear_probe_accuracy)
 from cml.tables import write_feature_table
 
 
@@ -134,3 +134,34 @@ def test_cli_uses_the_tables_own_split_and_reports_bad_input(tmp_path, capsys):
                  "--split", str(tmp_path / "tracks.csv")]) == 1
     assert "no id of" in capsys.readouterr().err
     assert _run(["evaluate", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 1
+
+
+def test_leave_group_out_knn_keeps_a_query_s_own_group_out_of_the_vote():
+    """Twins (two renderings of one piece) with a label drawn per piece: each twin predicts the other
+    perfectly, so plain leave-one-out is perfect; without the twin the labels are noise, near chance."""
+    rng = np.random.default_rng(4)
+    pieces = 150
+    base = rng.normal(size=(pieces, 16))
+    X = np.repeat(base, 2, axis=0) + rng.normal(0, 0.01, (2 * pieces, 16))
+    y = np.repeat(rng.choice(["a", "b", "c"], pieces), 2)
+    groups = np.repeat(np.arange(pieces), 2)
+    everyone = np.ones(2 * pieces, bool)
+    assert leave_group_out_knn_accuracy(X, y, everyone, k=1) == 1.0
+    assert abs(leave_group_out_knn_accuracy(X, y, everyone, groups, k=5) - 1 / 3) < 0.12
+
+
+def test_leave_group_out_knn_scores_only_the_queries_and_blocks_agree():
+    X, y, split = blobs()
+    queries = split != "train"
+    assert leave_group_out_knn_accuracy(X, y, queries) == 1.0
+    one_per_class = np.zeros(len(y), bool)
+    one_per_class[np.unique(y, return_index=True)[1]] = True
+    y_bad = np.where(one_per_class, y, "zz")  # every neighbour of a query is "zz": only the queries are scored
+    assert leave_group_out_knn_accuracy(X, y_bad, one_per_class) == 0.0
+    assert leave_group_out_knn_accuracy(X, y_bad, ~one_per_class) == 1.0
+    rng = np.random.default_rng(5)
+    Xr, yr = rng.normal(size=(300, 8)), rng.choice(list("abcd"), 300)
+    groups = rng.integers(0, 100, 300)
+    whole = leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups)
+    assert whole == leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups, block=7)
+    assert np.isnan(leave_group_out_knn_accuracy(Xr, yr, np.zeros(300, bool)))

@@ -11,7 +11,7 @@ from cml.model import VARIANTS, Encoder, EncoderConfig, PatchEmbed, grid_coordin
 from cml.positional import AlibiBias, RotaryEmbedding, SinCosEmbedding, alibi_slopes, apply_rotary
 
 CROP = 32  # "training crop" of the tiny models, in frames
-POOLS = ("mean", "cls")
+POOLS = ("meanstd", "mean", "cls")
 
 
 def tiny(variant: str, sharp: bool = False, **overrides) -> Encoder:
@@ -297,7 +297,19 @@ def test_bad_inputs_raise_clearly(shape):
 def test_default_model_is_small():
     model = Encoder(EncoderConfig())
     assert sum(p.numel() for p in model.parameters()) < 1_500_000
-    assert model.n_tokens(400) == 100 == Encoder(EncoderConfig(variant="rope2d")).n_tokens(400)
+    assert model.n_tokens(400) == 50 and Encoder(EncoderConfig(variant="rope2d")).n_tokens(400) == 48
+
+
+def test_meanstd_pools_the_mean_and_spread_of_the_tokens_over_time():
+    model = tiny("rope1d", pool="meanstd")
+    x = spectrogram(2, CROP)
+    tokens = {}
+    model.ln_f.register_forward_hook(lambda module, inputs, out: tokens.setdefault("h", out))
+    e = model.embed(x)
+    h = tokens["h"]  # (B, N, D)
+    expected = model.to_embed(torch.cat([h.mean(dim=1), h.std(dim=1, correction=0)], dim=-1))
+    torch.testing.assert_close(e, expected, atol=1e-4, rtol=1e-4)
+
 
 
 # --- determinism and cost --------------------------------------------------------------------------
