@@ -62,7 +62,7 @@ _TRAIN, _VAL, _NORM, _KMEANS = range(4)
 class TrainConfig:
     variant: str = "rope1d"  # positional variant, a key of cml.model.VARIANTS
     model: dict = field(default_factory=dict)  # EncoderConfig overrides: dim, depth, heads, embed_dim, proj_dim, ...
-    crop_seconds: float = 4.0  # length of each view (400 frames, 100 tokens at the model defaults)
+    crop_seconds: float = 4.0  # length of each view (400 frames, 50 tokens at the model defaults)
     batch_size: int = 32  # pairs per step (2x views, 2N - 2 negatives each); global over all processes
     epochs: int = 6
     crops_per_track: int = 8  # pairs drawn per training track (or piece) per epoch
