@@ -1,6 +1,7 @@
 import argparse
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -301,14 +302,21 @@ def test_scan_audio_is_deterministic_and_survives_symlink_loops(tmp_path):
     assert scan_audio(tmp_path, progress=False).tracks.equals(result.tracks)
 
 
-def test_scan_audio_reports_unreadable_folder(tmp_path):
+def test_scan_audio_reports_unreadable_folder(tmp_path, monkeypatch):
     write(tmp_path / "ok/x.wav", music(1.2, 16000), 16000)
     locked = tmp_path / "locked"
     write(locked / "y.wav", music(1.2, 16000), 16000)
     locked.chmod(0)
+    if os.access(locked, os.R_OK):  # root reads a chmod 000 folder: let listing it fail as it would for a user
+        real_scandir = os.scandir
+
+        def scandir(path="."):
+            if Path(path) == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
     try:
-        if os.access(locked, os.R_OK):
-            pytest.skip("running as root: chmod 000 does not stop root reading a folder")
         result = scan_audio(tmp_path, progress=False)
     finally:
         locked.chmod(0o755)
