@@ -13,7 +13,6 @@ import functools
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ import soundfile as sf
 import torch
 import torchaudio
 from tqdm.auto import tqdm
+
+from cml.errors import UsageError, check_output, finite, one_line, positive
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ _VORBIS_TAIL_SECONDS = 10.0
 # mpg123's idea of the length can be off by an MPEG frame or two (encoder delay and padding), so
 # only a larger shortfall counts as truncation.
 _MP3_LENGTH_SLACK = 2 * 1152
+# Valid Ogg Vorbis/Opus files often decode a few milliseconds short of the length their header
+# promises (the last page's granule position counts samples that end trimming removes); real
+# truncation loses whole pages (seconds), so a shortfall up to this is accepted.
+_OGG_LENGTH_SLACK_SECONDS = 0.1
+# libsndfile's messages when it cannot tell the data apart from any format it knows (for an .mp3 it
+# says "does not exist" even for a regular file); the scan reports such a file as "not audio".
+_NOT_AUDIO_ERRORS = ("not recognised", "does not exist", "unknown format", "unsupported format")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,8 +122,18 @@ def _resample(wave: np.ndarray, orig: int, new: int) -> torch.Tensor:
     return x if orig == new or len(x) == 0 else _resampler(orig, new)(x)
 
 
+# What decoding one file can raise: libsndfile errors (RuntimeError), a file gone or unreadable (OSError),
+# a track too long for memory (MemoryError).
+DECODE_ERRORS = (OSError, RuntimeError, MemoryError)
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading and cropping
+
+
+def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
+    """The header of an audio file (format, rate, frames); raises one of DECODE_ERRORS when unusable."""
+    return sf.info(str(path))
 
 
 def load_audio(
@@ -139,53 +157,6 @@ def load_audio(
     if duration is not None:
         wave = wave[: round(duration * sample_rate)]
     return wave
-
-
-def random_crop(wave: torch.Tensor, length: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random window of `length` samples along the last axis of `wave` (..., n).
-
-    Input shorter than `length` is zero-padded at the end (no randomness then), so a batch always
-    has one shape.
-    """
-    n = wave.shape[-1]
-    if n <= length:
-        return torch.nn.functional.pad(wave, (0, length - n))
-    start = int(torch.randint(0, n - length + 1, (1,), generator=generator))
-    return wave[..., start : start + length]
-
-
-def fixed_crops(wave: torch.Tensor, length: int, hop: int | None = None) -> torch.Tensor:
-    """Consecutive windows (..., k, length) covering all of `wave` (..., n), for chunked embedding.
-
-    Windows start every `hop` samples (default `length`: no overlap); the last one is zero-padded so
-    the end of the track is not dropped. A wave shorter than `length` gives one padded window.
-    """
-    hop = length if hop is None else hop
-    if length <= 0 or hop <= 0:
-        raise ValueError(f"length and hop must be positive, got length={length}, hop={hop}")
-    n = wave.shape[-1]
-    k = 1 + max(0, math.ceil((n - length) / hop))
-    padded = torch.nn.functional.pad(wave, (0, (k - 1) * hop + length - n))
-    return padded.unfold(-1, length, hop)
-
-
-def read_random_crop(
-    path: str | os.PathLike,
-    seconds: float,
-    sample_rate: int,
-    rng: np.random.Generator,
-    duration: float | None = None,
-) -> torch.Tensor:
-    """A random `seconds`-long mono crop of a file, reading only that segment from disk.
-
-    `duration` (seconds, e.g. from `scan_audio`) saves opening the header to learn the length. The
-    result always has round(seconds * sample_rate) samples: tracks shorter than that are zero-padded.
-    """
-    if duration is None:
-        duration = sf.info(str(path)).duration
-    offset = rng.uniform(0.0, max(0.0, duration - seconds))
-    wave = load_audio(path, sample_rate, offset=offset, duration=seconds)
-    return torch.nn.functional.pad(wave, (0, round(seconds * sample_rate) - wave.shape[-1]))
 
 
 def iter_blocks(path: str | os.PathLike, block_seconds: float, sample_rate: int) -> Iterator[torch.Tensor]:
@@ -361,6 +332,15 @@ def _walk(root: Path, skip: list[dict]) -> list[Path]:
     return files
 
 
+def _length_slack(f: sf.SoundFile) -> int:
+    """Frames a complete file of this format may decode short of its header's count."""
+    if f.format == "MP3":
+        return _MP3_LENGTH_SLACK
+    if f.format == "OGG":
+        return round(_OGG_LENGTH_SLACK_SECONDS * f.samplerate)
+    return 0
+
+
 def _probe(path: Path, min_duration: float, silence_db: float) -> dict | str:
     """Track metadata after decoding the whole file in blocks, or the one-line reason to skip it."""
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
@@ -371,6 +351,8 @@ def _probe(path: Path, min_duration: float, silence_db: float) -> dict | str:
         return "empty file (0 bytes)"
     if not os.access(path, os.R_OK):
         return "unreadable: permission denied"
+    if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+        return "file name holds a control character (newline, tab, ...): rename the file"
     try:
         with sf.SoundFile(path) as f:
             if f.frames == 0:
@@ -381,17 +363,25 @@ def _probe(path: Path, min_duration: float, silence_db: float) -> dict | str:
             try:
                 for block in _iter_frames(f, _BLOCK_FRAMES):
                     decoded += len(block)
-                    peak = max(peak, float(np.abs(block).max()))
+                    block_peak = float(np.abs(block).max())  # NaN or inf when any sample is
+                    if not math.isfinite(block_peak):
+                        first = decoded - len(block) + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
+                        return f"non-finite samples (NaN or inf), the first at {first / f.samplerate:.3f} s"
+                    peak = max(peak, block_peak)
             except sf.LibsndfileError as err:
                 return f"corrupt or truncated: {err.error_string.strip()} after {decoded} of {f.frames} frames"
-            slack = _MP3_LENGTH_SLACK if f.format == "MP3" else 0
-            if decoded < f.frames - slack:
+            if decoded < f.frames - _length_slack(f):
                 return f"truncated: decoded {decoded} of {f.frames} frames"
+            if decoded < f.frames:
+                log.debug("%s: decoded %d of the %d frames in its header (within tolerance)", path, decoded, f.frames)
             meta = {"sample_rate": f.samplerate, "channels": f.channels, "format": f"{f.format}/{f.subtype}"}
     except sf.LibsndfileError as err:
-        return f"cannot decode: {err.error_string.strip()}".replace("\n", " ")
+        message = err.error_string.strip()
+        if any(m in message.lower() for m in _NOT_AUDIO_ERRORS):
+            return f"not audio: no audio format recognised in the data ({message})"
+        return f"cannot decode: {message}"
     except (OSError, RuntimeError) as err:
-        return f"cannot decode: {err}".replace("\n", " ")
+        return f"cannot decode: {err}"
     duration = decoded / meta["sample_rate"]
     if duration < min_duration:
         return f"too short ({duration:.2f} s < {min_duration} s)"
@@ -430,7 +420,7 @@ def scan_audio(
         if isinstance(result, dict) and track_id in ids:
             result = f"duplicate id {track_id!r} (already taken by {ids[track_id].name})"
         if isinstance(result, str):
-            skipped.append({"path": str(path), "reason": result})
+            skipped.append({"path": str(path), "reason": one_line(result)})
             continue
         ids[track_id] = path
         label = rel.parts[0] if len(rel.parts) > 1 else None
@@ -457,14 +447,14 @@ def write_skip_report(skipped: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    try:
-        result = scan_audio(args.audio_dir, min_duration=args.min_duration, silence_db=args.silence_db)
-    except NotADirectoryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if not Path(args.audio_dir).is_dir():
+        raise UsageError(f"audio folder not found: {args.audio_dir}")
+    for out in (args.report, args.out):
+        if out:
+            check_output(out)
+    result = scan_audio(args.audio_dir, min_duration=args.min_duration, silence_db=args.silence_db)
     write_skip_report(result.skipped, args.report)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         result.tracks.to_csv(args.out, index=False)
     hours = result.tracks["duration"].sum() / 3600
     print(f"{len(result.tracks)} tracks ({hours:.2f} h), {len(result.skipped)} skipped (see {args.report})")
@@ -477,6 +467,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("audio_dir", help="folder tree of audio files; first sub-folder = label")
     p.add_argument("--report", required=True, help="CSV of skipped files (path, reason)")
     p.add_argument("--out", help="CSV of usable tracks (id, path, label, duration, ...)")
-    p.add_argument("--min-duration", type=float, default=1.0, help="seconds; shorter files are skipped")
-    p.add_argument("--silence-db", type=float, default=-60.0, help="dBFS; files whose peak is lower are skipped")
+    p.add_argument("--min-duration", type=positive, default=1.0, help="seconds; shorter files are skipped")
+    p.add_argument("--silence-db", type=finite, default=-60.0, help="dBFS; files whose peak is lower are skipped")
     p.set_defaults(func=_cmd_scan)

@@ -20,6 +20,7 @@ Only tensors, numbers, strings, lists and dicts are stored, so `torch.load(weigh
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from cml.audio import MelConfig
+from cml.errors import CmlError, UsageError, one_line
 from cml.model import Encoder, EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,22 @@ class Normalizer:
 
     def to_dict(self) -> dict[str, float]:
         return {"mean": float(self.mean), "std": float(self.std)}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` (cuda when available), `cpu`, `cuda`, `cuda:N`, `mps`: a UsageError when it is not here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UsageError(f"device {name!r}: no such CUDA device here ({torch.cuda.device_count()} found); "
+                         "use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {name!r}: MPS is not available here; use cpu")
+    return device
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -103,16 +121,24 @@ def save_checkpoint(
     return path
 
 
+class CheckpointError(CmlError):
+    """A file that cannot be used as a cml checkpoint; the message names it and says why."""
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """The raw checkpoint dict, with a clear error for a missing or foreign file."""
+    """The raw checkpoint dict; a missing, unreadable, truncated or foreign file is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch.load raises anything from EOFError to UnpicklingError
+        raise CheckpointError(f"{path}: not a cml checkpoint ({type(err).__name__}: {one_line(err)[:200]})") from err
     if not isinstance(state, dict) or "encoder_config" not in state or "model" not in state:
-        raise ValueError(f"{path} is not a cml checkpoint (no encoder_config/model)")
-    if state.get("format", FORMAT) > FORMAT:
-        raise ValueError(f"{path}: checkpoint format {state['format']} is newer than this code ({FORMAT})")
+        raise CheckpointError(f"{path}: not a cml checkpoint (no encoder_config/model)")
+    if not isinstance(state.get("format", FORMAT), int) or state.get("format", FORMAT) > FORMAT:
+        raise CheckpointError(f"{path}: not a cml checkpoint this code can read "
+                              f"(format {state['format']!r}; this code reads up to {FORMAT})")
     return state
 
 
@@ -121,10 +147,16 @@ def load_encoder(
 ) -> tuple[Encoder, MelConfig, Normalizer]:
     """Rebuild the trained encoder (eval mode) with its log-mel front end and input standardisation."""
     state = read_checkpoint(path, map_location)
-    encoder = Encoder(EncoderConfig(**state["encoder_config"]))
-    encoder.load_state_dict(state["model"])
-    encoder.to(map_location).eval()
-    return encoder, MelConfig(**state["mel_config"]), Normalizer(**state["norm"])
+    try:
+        encoder = Encoder(EncoderConfig(**state["encoder_config"]))
+        encoder.load_state_dict(state["model"])
+        mel, norm = MelConfig(**state["mel_config"]), Normalizer(**state["norm"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # missing keys, unknown fields, shapes
+        raise CheckpointError(f"{path}: not a cml checkpoint of this code's encoder "
+                              f"({type(err).__name__}: {one_line(err)[:200]})") from err
+    if not (math.isfinite(norm.mean) and math.isfinite(norm.std) and norm.std > 0):
+        raise CheckpointError(f"{path}: its input standardisation is unusable (mean {norm.mean}, std {norm.std})")
+    return encoder.to(map_location).eval(), mel, norm
 
 
 def untrained_encoder(encoder_config: EncoderConfig, seed: int = 0) -> Encoder:

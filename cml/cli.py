@@ -1,27 +1,59 @@
 """The `cml` command: one entry point, one sub-command per stage of the project.
 
-Each module that offers a sub-command exposes `register_cli(subparsers)`; this file only wires them up.
+Each module that offers a sub-command exposes `register_cli(subparsers)`; this file only wires them up
+and owns the one error path (`cml.errors`): a user mistake ends as one line on stderr,
+``cml COMMAND: error: ...``, with exit code 2 (usage) or 1 (runtime), and no traceback unless
+``--debug`` or ``CML_DEBUG=1`` asks for it.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from cml.errors import CmlError, one_line
 
 # Modules that contribute sub-commands, in the order `cml --help` lists them.
 COMMAND_MODULES = (
     "corpus", "audio", "dataset", "features", "train", "embed", "evaluation", "clustering", "playlist", "spotify",
 )
+DEBUG_ENV = "CML_DEBUG"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `cml embed: error: ... (see cml embed --help)`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cml", description="Contrastive Music Learning.")
+    parser = _Parser(
+        prog="cml", description="Contrastive Music Learning.",
+        epilog="exit codes: 0 ok, 1 runtime failure (an input cannot be used), 2 usage error, 130 interrupted")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help=f"print the traceback of an error (or {DEBUG_ENV}=1)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"cml.{name}").register_cli(subparsers)
     return parser
+
+
+def _exit_code(err: BaseException) -> int:
+    """1 for an input that cannot be used, 2 for a wrong command line or params file."""
+    return err.exit_code if isinstance(err, CmlError) else 1
+
+
+def _describe(err: BaseException) -> str:
+    """The one-line message of an error; unexpected ones say so and how to see more."""
+    if isinstance(err, (CmlError, OSError, ValueError, KeyError, RuntimeError)) and str(err):
+        text = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in str(err):
+            text = f"{err}: {err.filename}"
+        return one_line(text)
+    return one_line(f"unexpected {type(err).__name__}: {err} (rerun with --debug for the traceback)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +63,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    return int(args.func(args) or 0)
+    command = " ".join(c for c in (args.command, getattr(args, "spotify_command", None)) if c)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"cml {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the one place every error is turned into one line
+        if debug:
+            raise
+        print(f"cml {command}: error: {_describe(err)}", file=sys.stderr)
+        return _exit_code(err)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,8 @@ from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
 from cml import elki
-from cml.tables import FeatureTable, read_feature_table, standardise
+from cml.errors import UsageError, check_input_file, check_output, count, non_negative, non_negative_int, positive
+from cml.tables import LABEL_COLUMN, FeatureTable, FeatureTableError, _names, read_feature_table, standardise
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,32 @@ class ClusterResult:
 
 
 def l2_normalise(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; all-zero rows stay zero (they have no direction)."""
+    """Rows scaled to unit length; all-zero rows stay zero (they have no direction; see `check_directions`)."""
     norms = np.linalg.norm(X, axis=1, keepdims=True)
     return X / np.where(norms > 0, norms, 1.0)
+
+
+def take_rows(table: FeatureTable, rows: np.ndarray) -> FeatureTable:
+    """The table's rows ``rows`` (indices, in that order)."""
+    return FeatureTable(ids=table.ids[rows], X=table.X[rows], feature_names=table.feature_names,
+                        labels=None if table.labels is None else table.labels[rows],
+                        meta=table.meta.iloc[rows].reset_index(drop=True))
+
+
+def check_directions(table: FeatureTable, source: object, *, drop_invalid: bool = False) -> FeatureTable:
+    """The table, checked before its rows are L2-normalised: a row of length zero has no direction
+    (`l2_normalise` would leave it at the origin, at distance 1 from every unit row, so it would join
+    clusters and playlists at random). It is named in a FeatureTableError, or with ``drop_invalid`` dropped
+    and named in the log."""
+    zero = np.linalg.norm(table.X, axis=1) == 0
+    if not zero.any():
+        return table
+    message = (f"{source}: {zero.sum()} rows of length zero have no direction to L2-normalise, "
+               f"ids: {_names(table.ids[zero])}")
+    if not drop_invalid:
+        raise FeatureTableError(f"{message} (drop_invalid=True drops them)")
+    log.warning("%s: dropped", message)
+    return take_rows(table, np.flatnonzero(~zero))
 
 
 def kdistance_eps(X: np.ndarray, min_pts: int = 5) -> float:
@@ -119,7 +142,7 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
                                   max_iter=params["max_iter"], random_state=seed).fit_predict(X)
     elif method in ("dbscan", "elki-dbscan"):
         min_pts = opts.get("min_pts", 5)
-        eps = opts.get("eps") or kdistance_eps(X, min_pts)
+        eps = opts["eps"] if opts.get("eps") is not None else kdistance_eps(X, min_pts)
         params.update(eps=eps, min_pts=min_pts)
         labels = (elki.dbscan(X, eps=eps, min_pts=min_pts).labels if method == "elki-dbscan" else
                   skcluster.DBSCAN(eps=eps, min_samples=min_pts).fit_predict(X))
@@ -215,10 +238,7 @@ def load_tables(paths: Mapping[str, str | Path], *, ids: Sequence[str] | None = 
             missing = [i for i in ids if i not in pos]
             if missing:
                 raise ValueError(f"{path}: {len(missing)} tracks have no row (first: {missing[:5]})")
-            rows = np.array([pos[i] for i in ids], dtype=np.int64)
-            table = FeatureTable(ids=table.ids[rows], X=table.X[rows], feature_names=table.feature_names,
-                                 labels=None if table.labels is None else table.labels[rows],
-                                 meta=table.meta.iloc[rows].reset_index(drop=True))
+            table = take_rows(table, np.array([pos[i] for i in ids], dtype=np.int64))
         if labels is not None:
             table.labels = np.array([labels.get(i) for i in table.ids], dtype=object)
         if name in zscored:
@@ -346,29 +366,75 @@ def contingency(labels: np.ndarray, true_labels) -> pd.DataFrame:
     return table.loc[order + (["noise"] if "noise" in table.index else [])]
 
 
+# --------------------------------------------------------------------------------------------------
+# CLI (and what the evaluate and playlist commands share with it)
+
+
+def add_table_arguments(p: argparse.ArgumentParser) -> None:
+    """The feature-table arguments that `read_cli_table` reads."""
+    p.add_argument("file", help="feature table (.parquet or .csv) with an id column and numeric features")
+    p.add_argument("--label-column", help=f"column holding the true labels (default: {LABEL_COLUMN}, if present)")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop rows with NaN/inf, repeated ids or (under L2 scaling) length zero")
+
+
+def read_cli_table(args: argparse.Namespace, *, l2: bool) -> FeatureTable:
+    """The feature table of a command, checked before the work: the file exists, a --label-column given
+    is in it (a missing one must not quietly mean "no labels"), and ``l2``: every row has a direction."""
+    path = check_input_file(args.file, "feature table")
+    table = read_feature_table(path, label_column=args.label_column or LABEL_COLUMN, drop_invalid=args.drop_invalid)
+    if args.label_column is not None and table.labels is None:
+        raise UsageError(f"--label-column {args.label_column!r}: no such column in {path}")
+    return check_directions(table, path, drop_invalid=args.drop_invalid) if l2 else table
+
+
+def check_at_most(value: int | None, option: str, n: int, what: str) -> None:
+    """A count option that the data must hold (k <= rows, ...): a UsageError before the work, not a clamp."""
+    if value is not None and value > n:
+        raise UsageError(f"{option} {value} is more than the {n} {what}")
+
+
+def cluster_size(text: str) -> int:
+    """HDBSCAN's smallest cluster: an integer >= 2 (a cluster of one point is noise)."""
+    value = count(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be an integer >= 2")
+    return value
+
+
+# The methods each option applies to; given to another method, it would be silently ignored.
+OPTION_METHODS = {"k": NEEDS_K, "height": set(ELKI_HIERARCHICAL), "eps": {"dbscan", "elki-dbscan"},
+                  "min_pts": set(DENSITY), "min_cluster_size": {"hdbscan", "elki-hdbscan"}, "variant": {"elki-kmeans"}}
+
+
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        table = read_feature_table(args.file, label_column=args.label_column, drop_invalid=args.drop_invalid)
-        k = args.k
-        if k is None and args.method in NEEDS_K and args.height is None:
-            if table.labels is None:
-                raise ValueError(f"--k is required for {args.method} (the table has no labels to take it from)")
-            k = len({v for v in table.labels if v is not None})
-            log.info("k not given: using the %d distinct labels", k)
-        opts = {name: getattr(args, name) for name in ("height", "eps", "min_pts", "min_cluster_size", "variant")
-                if getattr(args, name) is not None}
-        result = cluster(table.X, args.method, k=k, seed=args.seed, normalise=not args.no_normalise, **opts)
-    except (ValueError, elki.ElkiError) as err:
-        print(f"cml cluster: error: {err}", file=sys.stderr)
-        return 1
+    unused = [f"--{name.replace('_', '-')}" for name, methods in OPTION_METHODS.items()
+              if getattr(args, name) is not None and args.method not in methods]
+    if unused:
+        raise UsageError(f"{', '.join(unused)}: not used by --method {args.method}")
+    if args.k is not None and args.height is not None:
+        raise UsageError("give --k or --height, not both")
+    for out in (args.out, args.metrics):
+        if out:
+            check_output(out)
+    table = read_cli_table(args, l2=not args.no_normalise)
+    k = args.k
+    if k is None and args.method in NEEDS_K and args.height is None:
+        k = n_labels(table.labels)
+        if not k:
+            raise UsageError(f"--k is required for {args.method} ({args.file} has no labels to take it from)")
+        log.info("k not given: using the %d distinct labels", k)
+    for option, value in (("--k", k), ("--min-pts", args.min_pts), ("--min-cluster-size", args.min_cluster_size)):
+        check_at_most(value, option, len(table), f"rows in {args.file}")
+    opts = {name: getattr(args, name) for name in ("height", "eps", "min_pts", "min_cluster_size", "variant")
+            if getattr(args, name) is not None}
+    result = cluster(table.X, args.method, k=k, seed=args.seed, normalise=not args.no_normalise, **opts)
     X = l2_normalise(table.X) if not args.no_normalise else table.X
     scores = {"method": args.method, **result.params, "seconds": result.seconds,
               **evaluate(X, result.labels, table.labels, seed=args.seed)}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"id": table.ids, "cluster": result.labels}).to_csv(args.out, index=False)
     if args.metrics:
-        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
         Path(args.metrics).write_text(json.dumps(scores, indent=2) + "\n")
     print(json.dumps(scores, indent=2))
     return 0
@@ -378,18 +444,17 @@ def register_cli(subparsers) -> None:
     """``cml cluster FILE --method M [--k K] [--out FILE.csv] [--metrics FILE.json]``."""
     p = subparsers.add_parser("cluster", help="cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("file", help="feature table (.parquet or .csv) with an id column and numeric features")
+    add_table_arguments(p)
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--k", type=int, help="number of clusters (default: number of distinct labels)")
-    p.add_argument("--height", type=float, help="ELKI hierarchical: cut the dendrogram at this height instead of k")
-    p.add_argument("--eps", type=float, help="DBSCAN radius (default: knee of the k-distance curve)")
-    p.add_argument("--min-pts", type=int, help="DBSCAN/HDBSCAN neighbourhood size, the point included (default 5)")
-    p.add_argument("--min-cluster-size", type=int, help="HDBSCAN smallest cluster (default 5)")
+    p.add_argument("--k", type=count, help="number of clusters (default: number of distinct labels)")
+    p.add_argument("--height", type=non_negative,
+                   help="ELKI hierarchical: cut the dendrogram at this height instead of k")
+    p.add_argument("--eps", type=positive, help="DBSCAN radius (default: knee of the k-distance curve)")
+    p.add_argument("--min-pts", type=count, help="DBSCAN/HDBSCAN neighbourhood size, the point included (default 5)")
+    p.add_argument("--min-cluster-size", type=cluster_size, help="HDBSCAN smallest cluster (default 5)")
     p.add_argument("--variant", choices=elki.KMEANS_VARIANTS, help="elki-kmeans algorithm (default lloyd)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-normalise", action="store_true", help="cluster raw features, not L2-normalised rows")
-    p.add_argument("--label-column", default="label", help="column holding the true labels (default: label)")
-    p.add_argument("--drop-invalid", action="store_true", help="drop rows with NaN/inf or repeated ids")
     p.add_argument("--out", help="write id,cluster CSV here (noise = -1)")
     p.add_argument("--metrics", help="write the metrics JSON here")
     p.set_defaults(func=_run_cli)

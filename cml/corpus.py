@@ -7,7 +7,8 @@ shared by all classes, so a model has to hear the style (harmony, rhythm, textur
 
 Per piece: music21 parse -> cut to the first ``max_seconds`` -> MIDI -> pretty_midi -> instrumentation
 -> FluidSynth -> trim, fade, peak-normalise -> mono FLAC (PCM_16). A piece that fails anywhere is
-skipped with a one-line reason in ``skipped.csv``; the build goes on.
+skipped with a one-line reason in ``skipped.csv``; the build goes on. A SoundFont FluidSynth cannot load
+stops the build before anything is rendered.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-import yaml
 from tqdm import tqdm
+
+from cml.errors import CmlError, check_input_file, check_output, one_line
+from cml.params import parse_section
 
 # music21 and pretty_midi are imported where they are used: music21 alone takes ~1 s to import,
 # which `cml --help` and every other stage should not pay.
@@ -181,11 +184,6 @@ def list_pieces(label: str) -> list[Piece]:
     return pieces
 
 
-def one_line(text: object) -> str:
-    """Score metadata can hold line breaks and runs of spaces (trecento sources list manuscripts): fold them."""
-    return " ".join(str(text).split())
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
@@ -213,6 +211,25 @@ def default_soundfont() -> Path:
     import pretty_midi
 
     return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+
+
+def check_soundfont(path: str | Path) -> Path:
+    """Refuse a SoundFont FluidSynth cannot play, before any rendering: pretty_midi ignores a failed load
+    (``sfload`` returns -1) and renders without it, so a bad file would otherwise pass unnoticed."""
+    import fluidsynth
+
+    path = check_input_file(path, "soundfont")
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"sfbk":
+        raise CmlError(f"soundfont {path} is not a SoundFont 2 file (no RIFF 'sfbk' header); give a .sf2 file")
+    synth = fluidsynth.Synth()
+    try:
+        if synth.sfload(str(path)) == -1:
+            raise CmlError(f"FluidSynth cannot load soundfont {path} (truncated or corrupt?); give a valid .sf2 file")
+    finally:
+        synth.delete()
+    return path
 
 
 class _Skip(Exception):
@@ -384,11 +401,9 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, progress: bool = Tru
     the next candidate in a later round. Every piece renders independently of the others, so the
     files do not depend on `workers`.
     """
+    check_soundfont(config.soundfont or default_soundfont())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    soundfont = Path(config.soundfont) if config.soundfont else default_soundfont()
-    if not soundfont.is_file():
-        raise FileNotFoundError(f"soundfont not found: {soundfont}")
     queues = {label: select_pieces(label, config.seed) for label in config.classes}
     for label, queue in queues.items():
         log.info("%s: %d candidate pieces", label, len(queue))
@@ -441,17 +456,8 @@ def _warn_stale(out_dir: Path, manifest: pd.DataFrame) -> None:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    params = Path(args.params)
-    if not params.is_file():
-        log.error("params file not found: %s", params)
-        return 2
-    section = (yaml.safe_load(params.read_text()) or {}).get("corpus")
-    try:
-        config = CorpusConfig.from_dict(section)
-    except (TypeError, ValueError) as e:
-        log.error("%s: %s", params, e)
-        return 2
-    manifest = build_corpus(config, args.out)
+    config = parse_section(args.params, "corpus", CorpusConfig.from_dict)  # a UsageError names the mistake
+    manifest = build_corpus(config, check_output(args.out, folder=True))
     print(manifest.groupby("label").size().to_string())
     return 0
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from cml.audio import scan_audio, write_skip_report
-from cml.params import load_params
+from cml.errors import CmlError, check_output
+from cml.params import parse_section
 from cml.split import split_tracks
+from cml.tables import TRACK_TEXT_COLUMNS, read_csv_text_ids
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def attach_manifest(tracks: pd.DataFrame, corpus_dir: Path) -> pd.DataFrame:
     if not manifest_path.is_file():
         log.warning("no corpus manifest at %s: tracks keep their folder labels only", manifest_path)
         return tracks
-    manifest = pd.read_csv(manifest_path)
+    manifest = read_csv_text_ids(manifest_path, TRACK_TEXT_COLUMNS)
     manifest["path"] = [str((corpus_dir / p).resolve()) for p in manifest["path"]]
     keep = ["path", *[c for c in MANIFEST_COLUMNS if c in manifest.columns]]
     resolved = tracks["path"].map(lambda p: str(Path(p).resolve()))
@@ -108,9 +110,8 @@ def build_tracks(
 
 
 def run_tracks(args: argparse.Namespace) -> int:
-    config = TracksConfig.from_dict(load_params(args.params, "tracks"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config = parse_section(args.params, "tracks", TracksConfig.from_dict)
+    out = check_output(args.out, folder=True)
     tracks, skipped, source = build_tracks(config, Path(args.corpus), Path(args.data))
     tracks.to_csv(out / "tracks.csv", index=False)
     write_skip_report(skipped, out / "skipped.csv")
@@ -120,8 +121,7 @@ def run_tracks(args: argparse.Namespace) -> int:
         out / "skipped.csv",
     )
     if tracks.empty:
-        log.error("no usable audio found; see %s", out / "skipped.csv")
-        return 1
+        raise CmlError(f"no usable audio found; the reason for each file is in {out / 'skipped.csv'}")
     return 0
 
 

@@ -14,6 +14,12 @@ with ``trove4j.jar`` and ``libsvm3.jar`` from the same folder). ELKI 0.8's renam
 ``elki.*``, ``CutDendrogramByNumberOfClusters``, ...) are used when the jar has them; only 0.7.1 is tested
 here, and the full dendrogram output is parsed for 0.7.x only.
 
+Errors: parameters ELKI cannot accept (k or min_pts out of range for n rows, eps or height not finite, ...)
+raise ValueError before any JVM starts. When ELKI itself fails, :class:`ElkiError` carries ELKI's own
+reason in one line (the Java exception, or its configuration errors) and the path of a log file in the
+system temp dir (``cml-elki-*.log``, kept: the run's folder is removed) with the command line and ELKI's
+complete output, stack trace included.
+
 Distances: Euclidean, except Ward linkage and k-means, which ELKI runs on squared Euclidean distance
 (Ward's Lance-Williams update is only correct there); Ward heights are converted to scipy's convention.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -32,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from cml.errors import CmlError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +102,8 @@ CLASSES = {
 }
 
 
-class ElkiError(RuntimeError):
-    """ELKI could not be started, or it failed; ELKI's own messages are included verbatim."""
+class ElkiError(CmlError, RuntimeError):
+    """ELKI could not be started, or it failed; the one-line message quotes ELKI's own reason."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +172,11 @@ def check_finite(X: np.ndarray) -> np.ndarray:
     return X
 
 
-def _check_k(X: np.ndarray, k: int, distinct: bool = False) -> None:
-    n = len(np.unique(X, axis=0)) if distinct else len(X)
-    what = "distinct points" if distinct else "points"
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} clusters asked for, but there are only {n} {what}")
+def _check_count(name: str, value, low: int, high: int, why: str = "the number of points") -> None:
+    """An integer parameter (k, min_pts) in low..high, else ValueError: outside it ELKI fails (with a Java
+    exception, or exit code 0 and no result) or silently returns only noise."""
+    if not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ValueError(f"{name}={value!r} must be an integer from {low} to {high} ({why})")
 
 
 QUICK_JVM_VALUES = 500_000  # n x d up to which the JVM runs in its quick start-up mode (see _run)
@@ -320,11 +329,31 @@ def _run(X: np.ndarray, args: list[str], quadratic: bool, timeout: float | None)
         except subprocess.TimeoutExpired as err:
             raise ElkiError(f"ELKI did not finish within {timeout} s") from err
         seconds = time.perf_counter() - start
-        messages = (proc.stderr + proc.stdout).strip()
-        # ELKI exits 0 after ignoring an unknown option; that is a wrong call too.
+        messages = f"{proc.stderr}\n{proc.stdout}".strip()
+        # ELKI exits 0 after a Java exception or an ignored unknown option; those are failures too.
         if proc.returncode != 0 or "were not processed" in messages or not out.is_dir():
-            raise ElkiError(f"ELKI failed (exit code {proc.returncode}):\n{messages}")
+            fd, log_path = tempfile.mkstemp(prefix="cml-elki-", suffix=".log")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{' '.join(cmd)}\nexit code {proc.returncode}\n\n{messages}\n")
+            raise ElkiError(f"ELKI failed: {_reason(messages)} (exit code {proc.returncode}; "
+                            f"full output in {log_path})")
         return _read_clusters(out), seconds
+
+
+CONFIG_ERRORS = "The following configuration errors prevented execution:"
+
+
+def _reason(messages: str) -> str:
+    """ELKI's own reason in one line: the Java exception, else its configuration errors (without the list
+    of known classes it appends), else all it printed."""
+    lines = messages.splitlines()
+    frame = next((i for i, line in enumerate(lines) if line.startswith("\tat ")), 0)
+    if frame:  # a stack trace: the exception's "class: message" line is the one above its first frame
+        return one_line(lines[frame - 1])
+    if CONFIG_ERRORS in messages:
+        lines = messages.split(CONFIG_ERRORS, 1)[1].split("Stopping execution", 1)[0].splitlines()
+    reason = " ".join(line for line in lines if not line.startswith(("->", "Known classes")))
+    return one_line(reason) or "no message"
 
 
 def run_elki(X: np.ndarray, args: list[str], *, quadratic: bool = False, noise_roots: bool = False,
@@ -356,7 +385,9 @@ def hierarchical(X: np.ndarray, linkage: str = "single", *, k: int | None = None
     if (k is None) == (height is None):
         raise ValueError("give exactly one of k (number of clusters) or height")
     if k is not None:
-        _check_k(X, k)
+        _check_count("k", k, 1, len(X))
+    elif not (math.isfinite(height) and height >= 0):
+        raise ValueError(f"height={height!r} must be a finite number >= 0")
     elki = find_elki()
     if dendrogram and elki.version != "0.7":
         raise ElkiError("reading ELKI's full dendrogram is implemented for ELKI 0.7.x output only")
@@ -391,8 +422,9 @@ def hdbscan(X: np.ndarray, *, min_pts: int = 5, min_cluster_size: int = 5,
     (Campello et al. 2013) never selects the root, so those points are reported as noise (-1).
     """
     X = check_finite(X)
-    if min_pts < 2 or min_cluster_size < 1:
-        raise ValueError("HDBSCAN needs min_pts >= 2 and min_cluster_size >= 1")
+    _check_count("min_pts", min_pts, 2, len(X))
+    if min_cluster_size < 1:
+        raise ValueError(f"min_cluster_size={min_cluster_size!r} must be >= 1")
     elki = find_elki()
     args = ["-algorithm", elki.cls("hdbscan_extract"), "-algorithm", elki.cls("hdbscan"),
             "-algorithm.distancefunction", elki.cls("euclidean"), "-hdbscan.minPts", str(min_pts),
@@ -404,12 +436,17 @@ def kmeans(X: np.ndarray, k: int, *, variant: str = "lloyd", seed: int = 0, max_
            timeout: float | None = None) -> ElkiResult:
     """ELKI k-means (Lloyd, Elkan or Hamerly; same optimum, different pruning) with k-means++ seeding.
 
-    ``max_iter=0`` means until convergence. Needs at least k distinct points.
+    ``max_iter=0`` means until convergence. Needs at least k distinct points, and more than k points.
     """
     X = check_finite(X)
     if variant not in KMEANS_VARIANTS:
         raise ValueError(f"variant must be one of {KMEANS_VARIANTS}; got {variant!r}")
-    _check_k(X, k, distinct=True)
+    distinct = len(np.unique(X, axis=0))
+    _check_count("k", k, 1, min(distinct, len(X) - 1),
+                 f"ELKI's k-means needs fewer clusters than the {len(X)} points, and no more than the {distinct} "
+                 "distinct ones")
+    if max_iter < 0:
+        raise ValueError(f"max_iter={max_iter!r} must be >= 0 (0: until convergence)")
     elki = find_elki()
     args = ["-algorithm", elki.cls(variant), "-kmeans.k", str(k), "-kmeans.initialization", elki.cls("kmeans++"),
             "-kmeans.seed", str(seed), "-kmeans.maxiter", str(max_iter)]
@@ -419,8 +456,9 @@ def kmeans(X: np.ndarray, k: int, *, variant: str = "lloyd", seed: int = 0, max_
 def dbscan(X: np.ndarray, *, eps: float, min_pts: int = 5, timeout: float | None = None) -> ElkiResult:
     """ELKI DBSCAN on Euclidean distance; ``min_pts`` counts the point itself (as scikit-learn's min_samples)."""
     X = check_finite(X)
-    if not eps > 0 or min_pts < 1:
-        raise ValueError(f"DBSCAN needs eps > 0 and min_pts >= 1; got eps={eps}, min_pts={min_pts}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps={eps!r} must be a finite number > 0")
+    _check_count("min_pts", min_pts, 1, len(X))
     elki = find_elki()
     args = ["-algorithm", elki.cls("dbscan"), "-algorithm.distancefunction", elki.cls("euclidean"),
             "-dbscan.epsilon", repr(float(eps)), "-dbscan.minpts", str(min_pts)]

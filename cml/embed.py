@@ -38,9 +38,10 @@ import torch
 from tqdm.auto import tqdm
 
 from cml.audio import MelConfig, scan_audio, track_logmel
-from cml.checkpoint import Normalizer, load_encoder, untrained_encoder
+from cml.checkpoint import Normalizer, load_encoder, resolve_device, untrained_encoder
 from cml.model import Encoder, EncoderConfig
-from cml.tables import write_feature_table
+from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line, positive
+from cml.tables import read_tracks, write_feature_table
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,11 @@ def estimate_normalizer(paths: Sequence[str], mel_config: MelConfig, max_tracks:
     for i in sorted(chosen):
         try:
             x = _logmel(paths[i], mel_config, frames(max_seconds, mel_config)).double()
-        except TRACK_ERRORS:
+        except TRACK_ERRORS as err:
+            log.warning("normaliser: passed over %s (%s)", paths[i], one_line(err))
+            continue
+        if not torch.isfinite(x).all():  # one such file would make every standardised input NaN
+            log.warning("normaliser: passed over %s (non-finite log-mel values)", paths[i])
             continue
         total, total_sq, count = total + x.sum().item(), total_sq + (x * x).sum().item(), count + x.numel()
     if count == 0:
@@ -295,36 +300,49 @@ def model_params(params_file: Optional[str]) -> dict:
 def _read_tracks(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(tracks, files skipped while scanning) from --tracks or AUDIO_DIR."""
     if args.tracks:
-        tracks = pd.read_csv(args.tracks, dtype={"id": str, "label": str})
+        tracks = read_tracks(check_input_file(args.tracks, "tracks table"))
         if args.only_split:
-            if "split" not in tracks.columns:
-                raise ValueError(f"{args.tracks} has no split column for --only-split")
+            splits = sorted(tracks["split"].dropna().unique()) if "split" in tracks.columns else []
+            if args.only_split not in splits:
+                raise UsageError(f"--only-split {args.only_split!r} is not a split of {args.tracks} "
+                                 f"(splits there: {', '.join(splits) or 'none, no split column'})")
             tracks = tracks[tracks["split"] == args.only_split].reset_index(drop=True)
         return tracks, pd.DataFrame(columns=SKIP_COLUMNS)
-    if args.only_split:
-        raise ValueError("--only-split needs --tracks (an audio folder has no split)")
+    if not Path(args.audio_dir).is_dir():
+        raise UsageError(f"audio folder not found: {args.audio_dir}")
     scan = scan_audio(args.audio_dir, progress=not args.quiet)
     skipped = scan.skipped.assign(id=None)[SKIP_COLUMNS]
     return scan.tracks, skipped
 
 
+def _outputs(args: argparse.Namespace) -> list[Path]:
+    """Every file the command will write, checked before any audio is read."""
+    out = Path(args.out)
+    names = [*(f"{m}x" for m in CROP_MULTIPLES), "full"] if args.crops else []
+    files = [out.with_name(f"{out.stem}.{n}{out.suffix}") for n in names] or [out]
+    return [check_output(f) for f in (*files, *([args.skipped] if args.skipped else []))]
+
+
 def _cmd_embed(args: argparse.Namespace) -> int:
     if bool(args.audio_dir) == bool(args.tracks):
-        print("cml embed: error: give either AUDIO_DIR or --tracks FILE (not both)", file=sys.stderr)
-        return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        raise UsageError("give either AUDIO_DIR or --tracks FILE (not both)")
+    if args.mode == "chunked" and not args.window_seconds:
+        raise UsageError("--mode chunked needs --window-seconds")
+    device = resolve_device(args.device)
+    _outputs(args)
     try:
-        overrides = {**model_params(args.params), **parse_overrides(args.set)} if args.model.startswith(UNTRAINED) \
-            else parse_overrides(args.set)
+        overrides = {**model_params(args.params), **parse_overrides(args.set)} \
+            if args.model.startswith(UNTRAINED) else parse_overrides(args.set)
         encoder, mel_config, normalizer = load_model(args.model, args.seed, overrides, device)
-        tracks, scan_skipped = _read_tracks(args)
-        if normalizer is None:
-            pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
-            normalizer = estimate_normalizer((pool if len(pool) else tracks)["path"], mel_config, seed=args.seed)
-            log.info("untrained model: inputs standardised with mean %.3f, std %.3f", normalizer.mean, normalizer.std)
-    except (OSError, ValueError, TypeError) as err:
-        print(f"cml embed: error: {err}", file=sys.stderr)
-        return 1
+    except (TypeError, ValueError) as err:
+        if isinstance(err, CmlError):
+            raise
+        raise UsageError(f"{args.model}: {one_line(err)}") from err
+    tracks, scan_skipped = _read_tracks(args)
+    if normalizer is None:
+        pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
+        normalizer = estimate_normalizer((pool if len(pool) else tracks)["path"], mel_config, seed=args.seed)
+        log.info("untrained model: inputs standardised with mean %.3f, std %.3f", normalizer.mean, normalizer.std)
     progress = not args.quiet
     out = Path(args.out)
     if args.crops:
@@ -339,12 +357,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         written, skipped = out, res.skipped
     skipped = pd.concat([scan_skipped, skipped], ignore_index=True) if len(scan_skipped) else skipped
     if args.skipped:
-        Path(args.skipped).parent.mkdir(parents=True, exist_ok=True)
         skipped.to_csv(args.skipped, index=False)
     print(f"{len(res.tracks)} tracks embedded ({res.tracks['seconds'].sum() / 3600:.2f} h) -> {written}; "
           f"{len(skipped)} skipped" + (f" (see {args.skipped})" if args.skipped else ""))
     for r in skipped.head(10).itertuples():
         print(f"  skipped {r.path}: {r.reason}", file=sys.stderr)
+    if len(tracks) and not len(res.tracks):
+        raise CmlError(f"none of the {len(tracks)} tracks could be embedded; reasons above"
+                       + (f" and in {args.skipped}" if args.skipped else ""))
     return 0
 
 
@@ -358,9 +378,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--out", required=True, help="feature table to write (.parquet; .csv also works)")
     p.add_argument("--skipped", help="CSV of skipped files/tracks (id, path, reason)")
     p.add_argument("--mode", choices=MODES, default="full", help="one pass per track, or averaged windows")
-    p.add_argument("--window-seconds", type=float, help="window length of --mode chunked")
-    p.add_argument("--max-seconds", type=float, help="embed at most the first S seconds of each track")
-    p.add_argument("--crops", type=float, metavar="CROP_SECONDS",
+    p.add_argument("--window-seconds", type=positive, help="window length of --mode chunked")
+    p.add_argument("--max-seconds", type=positive, help="embed at most the first S seconds of each track")
+    p.add_argument("--crops", type=positive, metavar="CROP_SECONDS",
                    help="length-extrapolation run: write OUT.{1x,2x,4x,8x,full}.parquet from centred crops "
                         "of 1/2/4/8 x CROP_SECONDS and the full track")
     p.add_argument("--only-split", help="with --tracks: embed only the tracks of this split (e.g. test)")

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import warnings
 from pathlib import Path
 from typing import Mapping, Optional
@@ -23,14 +22,16 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from cml.clustering import cluster, evaluate, l2_normalise
+from cml.clustering import add_table_arguments, check_at_most, cluster, evaluate, l2_normalise, read_cli_table
+from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
 from cml.split import split_tracks
-from cml.tables import read_feature_table
+from cml.tables import read_tracks
 
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("knn_acc", "linear_acc", "nmi", "ari")
 LINEAR_MAX_ITER = 5000  # lbfgs iterations of the linear probe; enough for 128-d standardised features
+TEST_FRACTION = 0.2  # test share of the CLI's fallback split
 
 
 def knn_accuracy(
@@ -232,10 +233,11 @@ def length_extrapolation(X_train: np.ndarray, y_train: np.ndarray, crops: Mappin
 
 def _split_for(table, args: argparse.Namespace) -> np.ndarray:
     """Split per row: from --split tracks.csv, else the table's own split column, else a seeded stratified one."""
+    if args.test_fraction is not None and (args.split or "split" in table.meta.columns):
+        raise UsageError(f"--test-fraction sets the fallback split only; the split comes from "
+                         f"{args.split or f'the split column of {args.file}'}")
     if args.split:
-        tracks = pd.read_csv(args.split, dtype={"id": str})
-        if not {"id", "split"} <= set(tracks.columns):
-            raise ValueError(f"{args.split} needs columns id and split")
+        tracks = read_tracks(check_input_file(args.split, "split table"), required=("id", "split"))
         split = pd.Series(table.ids).map(tracks.set_index("id")["split"]).to_numpy(dtype=object)
         missing = pd.isna(split)
         if missing.all():
@@ -246,22 +248,20 @@ def _split_for(table, args: argparse.Namespace) -> np.ndarray:
     if "split" in table.meta.columns:
         log.info("using the split column of %s", args.file)
         return table.meta["split"].to_numpy(dtype=object)
+    test = TEST_FRACTION if args.test_fraction is None else args.test_fraction
     frame = pd.DataFrame({"id": table.ids, "label": table.labels if table.labels is not None else None})
-    log.info("no split given: seeded stratified %.0f/%.0f train/test split", 100 * (1 - args.test_fraction),
-             100 * args.test_fraction)
-    return split_tracks(frame, {"train": 1 - args.test_fraction, "test": args.test_fraction},
-                        seed=args.seed).to_numpy(dtype=object)
+    log.info("no split given: seeded stratified %.0f/%.0f train/test split", 100 * (1 - test), 100 * test)
+    return split_tracks(frame, {"train": 1 - test, "test": test}, seed=args.seed).to_numpy(dtype=object)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    try:
-        table = read_feature_table(args.file, label_column=args.label_column, drop_invalid=args.drop_invalid)
-        split = _split_for(table, args)
-    except (OSError, ValueError) as err:
-        print(f"cml evaluate: error: {err}", file=sys.stderr)
-        return 1
+    check_output(args.out)
+    table = read_cli_table(args, l2=True)  # the k-NN, the probe and k-means all work on L2-normalised rows
+    split = _split_for(table, args)
+    n_train = 0 if table.labels is None else int(np.sum((split == "train") & pd.notna(table.labels)))
+    if n_train:  # the k-NN votes among these (none: evaluate_embeddings notes why there is no k-NN score)
+        check_at_most(args.k, "--k", n_train, f"labelled train rows in {args.file}")
     metrics = evaluate_embeddings(table.X, table.labels, split, k=args.k, seed=args.seed)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
@@ -272,13 +272,12 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="k-NN, linear-probe, NMI and ARI of a feature table",
                               description="k-NN accuracy (cosine), linear-probe accuracy and k-means NMI/ARI "
                                           "of a feature table, trained on train and scored on test.")
-    p.add_argument("file", help="feature table (.parquet or .csv with an id column and numeric features)")
+    add_table_arguments(p)
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--split", help="tracks.csv with id and split columns (default: the table's split column, "
                                    "else a seeded stratified split)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="test share of the fallback split")
-    p.add_argument("--label-column", default="label", help="column holding the true labels (default: label)")
-    p.add_argument("--k", type=int, default=5, help="neighbours of the k-NN vote")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--drop-invalid", action="store_true", help="drop rows with NaN/inf or repeated ids")
+    p.add_argument("--test-fraction", type=fraction,
+                   help=f"test share of the fallback split (default {TEST_FRACTION}); not with a given split")
+    p.add_argument("--k", type=count, default=5, help="neighbours of the k-NN vote")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=_cmd_evaluate)

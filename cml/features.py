@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -33,8 +32,9 @@ from sklearn.manifold import TSNE
 from tqdm.auto import tqdm
 
 from cml.audio import load_audio
+from cml.errors import CmlError, check_input_file, check_output, one_line
 from cml.params import load_params
-from cml.tables import write_feature_table
+from cml.tables import read_tracks, write_feature_table
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def extract_features(
             wave = load_audio(Path(path), sample_rate=sample_rate, duration=max_seconds).numpy()
             rows.append({"id": track_id, **_track_features(wave, sample_rate, kind)})
         except Exception as err:  # skip-and-report: one bad file must not lose the rest
-            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            reason = one_line(f"{type(err).__name__}: {err}")
             log.warning("skipping %s (%s): %s", track_id, path, reason)
             skipped.append({"id": track_id, "path": str(path), "reason": reason})
     features = pd.DataFrame(rows, columns=["id", *columns])
@@ -318,23 +318,25 @@ def class_summary(
 def run_features(args: argparse.Namespace) -> int:
     """The `features` stage: descriptors for the analysis and the handcrafted baseline as a feature table."""
     params = load_params(args.params, "features")
-    tracks = pd.read_csv(args.tracks)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    tracks = read_tracks(check_input_file(args.tracks, "tracks table"))
+    out = check_output(args.out, folder=True)
     features, skipped = extract_features(
         tracks, sample_rate=params.get("sample_rate", 16000), max_seconds=params.get("max_seconds"),
         kind="both",
     )
     features[["id", *DESCRIBE_COLUMNS]].to_parquet(out / "descriptors.parquet", index=False)
     rows = tracks.set_index("id").loc[features["id"]]
+    labels = rows["label"].to_numpy() if "label" in rows.columns else None
     write_feature_table(
         out / "handcrafted.parquet", features["id"], features[HANDCRAFTED_COLUMNS].to_numpy(),
-        labels=rows["label"].to_numpy(), extra={"path": rows["path"].astype(str).to_numpy()},
+        labels=labels, extra={"path": rows["path"].astype(str).to_numpy()},
     )
     skipped.to_csv(out / "skipped.csv", index=False)
     log.info("features of %d tracks in %s; %d skipped (%s)", len(features), out, len(skipped),
              out / "skipped.csv")
-    return 0 if len(features) or tracks.empty else 1
+    if len(tracks) and not len(features):
+        raise CmlError(f"no track could be read; the reason for each is in {out / 'skipped.csv'}")
+    return 0
 
 
 def register_cli(subparsers) -> None:

@@ -50,7 +50,7 @@ import argparse
 import json
 import logging
 import os
-import sys
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -63,8 +63,9 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist, pdist
 from tqdm.auto import tqdm
 
-from cml.clustering import cluster, l2_normalise
-from cml.tables import FeatureTable, read_feature_table, standardise
+from cml.clustering import add_table_arguments, check_at_most, cluster, l2_normalise, n_labels, read_cli_table
+from cml.errors import CmlError, UsageError, check_output, count, non_negative, non_negative_int
+from cml.tables import FeatureTable, standardise
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,11 @@ LP_BATCH = 128  # candidates per block-diagonal LP
 URI_COLUMNS = ("spotify_uri", "uri")
 TITLE_COLUMNS = ("title", "track_name", "name")
 DURATION_COLUMNS = ("duration", "seconds", "duration_s")
+FORMATS = (".m3u8", ".m3u", ".csv")
 
 
-class PlaylistError(ValueError):
-    """A playlist request that cannot be served as it is; the message says why."""
+class PlaylistError(UsageError, ValueError):
+    """A playlist request that cannot be served as it is (unknown seeds, too short, ...); the message says why."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,7 +227,7 @@ def lp_outside_distance(X: np.ndarray, seeds: np.ndarray, tol: float, progress: 
         cost = np.tile(np.r_[np.zeros(k), 1.0], m)
         res = linprog(cost, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=np.ones(m), bounds=(0, None), method="highs")
         if res.status != 0:
-            raise PlaylistError(f"the LP solver failed: {res.message}")
+            raise CmlError(f"the LP solver failed: {res.message}")
         out[rows] = res.x.reshape(m, k + 1)[:, -1]
     return np.where(out <= tol + INSIDE_TOL, out, np.inf)
 
@@ -353,8 +355,8 @@ def build_playlist(X: np.ndarray, seeds: Sequence[int], length: int, *, mode: st
         raise PlaylistError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
     if length <= 0:
         raise PlaylistError(f"length must be positive, got {length}")
-    if margin < 0:
-        raise PlaylistError(f"margin must be >= 0, got {margin}")
+    if not (np.isfinite(margin) and margin >= 0):
+        raise PlaylistError(f"margin must be a finite number >= 0, got {margin}")
     seeds = _unique(seeds)
     if len(seeds) == 0:
         raise PlaylistError("no seed tracks given")
@@ -422,14 +424,14 @@ def _journey(X: np.ndarray, seeds: np.ndarray, length: int, projection: Projecti
 # Seeds
 
 
-def resolve_ids(ids: Sequence[str], wanted: Sequence[str]) -> np.ndarray:
-    """Row indices of the ``wanted`` ids; unknown ids raise one error that lists all of them."""
+def resolve_ids(ids: Sequence[str], wanted: Sequence[str], what: str = "seed ids") -> np.ndarray:
+    """Row indices of the ``wanted`` ids; unknown ids raise one error that names all of them (as ``what``)."""
     where = {str(v): i for i, v in enumerate(ids)}
-    unknown = [w for w in wanted if str(w) not in where]
+    unknown = [str(w) for w in wanted if str(w) not in where]
     if unknown:
-        shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
+        shown = ", ".join(map(repr, unknown[:10])) + (f", ... ({len(unknown)} in all)" if len(unknown) > 10 else "")
         examples = ", ".join(map(str, list(ids)[:3]))
-        raise PlaylistError(f"unknown seed ids: {shown} (the table has {len(ids)} ids, e.g. {examples})")
+        raise PlaylistError(f"unknown {what}: {shown} (the table has {len(ids)} ids, e.g. {examples})")
     return np.asarray([where[str(w)] for w in wanted], dtype=np.int64)
 
 
@@ -572,10 +574,18 @@ def playlist_frame(table: FeatureTable, X: np.ndarray, order: Sequence[int]) -> 
     return frame
 
 
+def _breaks_line(c: str) -> bool:
+    """A control character (\\n, \\r, NUL, ...) or a line/paragraph separator: in an M3U line it could end
+    the line, and the text after it would read as another entry."""
+    return unicodedata.category(c) in ("Cc", "Zl", "Zp")
+
+
 def write_m3u8(frame: pd.DataFrame, path: str | Path) -> Path:
     """Extended M3U (UTF-8) of the local files; relative paths are rewritten relative to the playlist's folder.
 
-    Tracks without a path are left out with a warning (they have nothing to play).
+    Tracks without a path are left out with a warning (they have nothing to play). One entry per track
+    whatever the names hold: control characters in a title become spaces; a path with one is written as a
+    percent-encoded ``file://`` URI (which players resolve), and one starting with ``#`` as ``./#...`` (not a comment).
     """
     path = Path(path)
     lines = ["#EXTM3U"]
@@ -589,7 +599,12 @@ def write_m3u8(frame: pd.DataFrame, path: str | Path) -> Path:
         seconds = int(round(seconds)) if seconds is not None and np.isfinite(seconds) else -1
         title = getattr(row, "title", None)
         title = title if isinstance(title, str) and title else str(row.id)
-        location = track if os.path.isabs(track) else os.path.relpath(Path(track).resolve(), path.parent.resolve())
+        title = "".join(" " if _breaks_line(c) else c for c in title)
+        if any(map(_breaks_line, track)):  # no plain line can hold it (and a NUL cannot even be resolved)
+            location = Path(os.path.abspath(track)).as_uri()
+        else:
+            location = track if os.path.isabs(track) else os.path.relpath(Path(track).resolve(), path.parent.resolve())
+            location = f"./{location}" if location.startswith("#") else location
         lines += [f"#EXTINF:{seconds},{title}", location]
     if missing:
         log.warning("%s: %d track(s) without a path left out: %s", path, len(missing), ", ".join(missing[:10]))
@@ -598,17 +613,22 @@ def write_m3u8(frame: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
+def playlist_format(path: str | Path) -> str:
+    """The format of a playlist file, by its suffix (checked before the playlist is built)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise PlaylistError(f"unknown playlist format {suffix!r} for {path}; use .m3u8 or .csv")
+    return suffix
+
+
 def write_playlist(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write the playlist as M3U8 (``.m3u8``/``.m3u``) or CSV (``.csv``), by the file's suffix."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".m3u8", ".m3u"):
+    if playlist_format(path) != ".csv":
         return write_m3u8(frame, path)
-    if suffix == ".csv":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False, float_format="%.6g")
-        return path
-    raise PlaylistError(f"unknown playlist format {suffix!r} for {path}; use .m3u8 or .csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, float_format="%.6g")
+    return path
 
 
 def draw_map(ax, coords: np.ndarray, playlist: Playlist, labels: Sequence | None = None, title: str = "") -> None:
@@ -645,34 +665,38 @@ def _ids(text: str | None) -> list[str]:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    try:
-        if args.length <= 0:
-            raise PlaylistError(f"--length must be positive, got {args.length}")
-        table = read_feature_table(args.file, label_column=args.label_column, drop_invalid=args.drop_invalid)
-        seeds = resolve_ids(table.ids, _ids(args.seeds))
-        if len(seeds) == 0:
-            raise PlaylistError("--seeds is empty: give one or more ids separated by commas")
-        start = resolve_ids(table.ids, [args.start])[0] if args.start else None
-        end = resolve_ids(table.ids, [args.end])[0] if args.end else None
-        X = prepare(table.X, args.scale)
-        playlist = build_playlist(X, seeds, args.length, mode=args.mode, dim=args.dim, margin=args.margin,
-                                  start=start, end=end)
-        frame = playlist_frame(table, X, playlist.order)
-        for out in args.out:
-            write_playlist(frame, out)
-            log.info("wrote %s", out)
-        scores = playlist_metrics(X, playlist.order, playlist.seeds, table.labels,
-                                  playlist.projection.transform(X))
-        if args.metrics:
-            k = args.clusters or (len({v for v in table.labels if v is not None}) if table.labels is not None else 8)
-            comparison = compare_with_baselines(X, playlist, table.labels, n_clusters=max(k, 1), seed=args.seed)
-            Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.metrics).write_text(json.dumps(
-                {"region": playlist.region, "n_candidates": len(playlist.candidates),
-                 "methods": json.loads(comparison.to_json(orient="index"))}, indent=2) + "\n")
-    except (ValueError, OSError) as err:  # FeatureTableError and PlaylistError are ValueErrors
-        print(f"cml playlist: error: {err}", file=sys.stderr)
-        return 1
+    if args.mode == "journey" and (args.start, args.end, args.margin) != (None, None, None):
+        raise UsageError("--start, --end and --margin: not used by --mode journey (it runs from seed A to seed B)")
+    if args.clusters is not None and not args.metrics:
+        raise UsageError("--clusters sets the cluster baseline of --metrics: give --metrics too")
+    for out in args.out:
+        playlist_format(out)
+        check_output(out)
+    if args.metrics:
+        check_output(args.metrics)
+    seed_ids = _ids(args.seeds)
+    if not seed_ids:
+        raise UsageError("--seeds is empty: give one or more ids separated by commas")
+    table = read_cli_table(args, l2=args.scale == "l2")
+    for option, value in (("--length", args.length), ("--clusters", args.clusters)):
+        check_at_most(value, option, len(table), f"tracks in {args.file}")
+    seeds = resolve_ids(table.ids, seed_ids, "--seeds ids")
+    start = resolve_ids(table.ids, [args.start], "--start id")[0] if args.start is not None else None
+    end = resolve_ids(table.ids, [args.end], "--end id")[0] if args.end is not None else None
+    X = prepare(table.X, args.scale)
+    playlist = build_playlist(X, seeds, args.length, mode=args.mode, dim=args.dim, margin=args.margin or 0.0,
+                              start=start, end=end)
+    frame = playlist_frame(table, X, playlist.order)
+    for out in args.out:
+        write_playlist(frame, out)
+        log.info("wrote %s", out)
+    scores = playlist_metrics(X, playlist.order, playlist.seeds, table.labels, playlist.projection.transform(X))
+    if args.metrics:
+        k = args.clusters or n_labels(table.labels) or 8
+        comparison = compare_with_baselines(X, playlist, table.labels, n_clusters=k, seed=args.seed)
+        Path(args.metrics).write_text(json.dumps(
+            {"region": playlist.region, "n_candidates": len(playlist.candidates),
+             "methods": json.loads(comparison.to_json(orient="index"))}, indent=2) + "\n")
     print(json.dumps({"region": playlist.region, "n_candidates": len(playlist.candidates), **scores}, indent=2))
     return 0
 
@@ -681,22 +705,20 @@ def register_cli(subparsers) -> None:
     """``cml playlist FILE --seeds ID,ID,... --length N --out FILE.{m3u8,csv} [--mode hull|lp|journey]``."""
     p = subparsers.add_parser("playlist", help="a playlist from the convex hull of seed tracks in a feature table",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("file", help="feature table (.parquet or .csv) with an id column and numeric features")
+    add_table_arguments(p)
     p.add_argument("--seeds", required=True, help="seed track ids, separated by commas (journey: A,B)")
-    p.add_argument("--length", type=int, required=True, help="tracks in the playlist")
+    p.add_argument("--length", type=count, required=True, help="tracks in the playlist")
     p.add_argument("--out", action="append", required=True,
                    help="playlist file, .m3u8 or .csv (repeat --out for both)")
     p.add_argument("--mode", choices=MODES, default="hull")
-    p.add_argument("--dim", type=int, default=3, help="PCA dimension of the hull (hull mode; default 3)")
-    p.add_argument("--margin", type=float, default=0.0,
+    p.add_argument("--dim", type=count, default=3, help="PCA dimension of the hull (hull mode; default 3)")
+    p.add_argument("--margin", type=non_negative,
                    help="hull: push the facets out by this distance; lp: tolerance (L-infinity); default 0")
     p.add_argument("--scale", choices=SCALES, default="l2",
                    help="l2: unit rows (embeddings, default); standard: z-scored columns (raw features)")
     p.add_argument("--start", help="id of the first track (default: the first seed)")
     p.add_argument("--end", help="id of the last track (default: free)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the baselines' k-means and random draw")
-    p.add_argument("--clusters", type=int, help="k of the cluster baseline (default: number of labels, or 8)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the baselines' k-means and random draw")
+    p.add_argument("--clusters", type=count, help="k of the cluster baseline (default: number of labels, or 8)")
     p.add_argument("--metrics", help="write metrics of the playlist and the baselines to this JSON file")
-    p.add_argument("--label-column", default="label", help="column holding the true labels (default: label)")
-    p.add_argument("--drop-invalid", action="store_true", help="drop rows with NaN/inf or repeated ids")
     p.set_defaults(func=_run_cli)

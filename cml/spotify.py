@@ -9,6 +9,10 @@ Built on spotipy. Why this module exists on top of it:
 - Endpoints Spotify closed to new apps (audio features since Nov 2024, several-tracks since Feb 2026)
   answer 403: we warn once, fall back or leave those columns empty, and go on.
 - No credential or token reaches a log line: a filter redacts them from spotipy's and urllib3's logs.
+- Bad input never hangs or crashes: each HTTP attempt has a wall-clock deadline (requests' timeout only
+  bounds each socket read), paging that loops is an error, a corrupt token cache means "logged out",
+  and the browser login gives up after a timeout. Without a browser (`open_browser=False`, a notebook)
+  the user pastes the redirect address back: `client.authorize_url()`, then `client.finish_login(url)`.
 
 Credentials come only from the environment or a gitignored `.env`; the user token cache is written
 with mode 0600 from the start (spotipy's writes first and chmods after).
@@ -17,12 +21,16 @@ with mode 0600 from the start (spotipy's writes first and chmods after).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import os
 import re
+import socket
 import stat
+import sys
+import threading
 import time
 import unicodedata
 import warnings
@@ -30,16 +38,17 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import pandas as pd
 import requests
 import spotipy
 import urllib3
 from spotipy.cache_handler import CacheHandler, MemoryCacheHandler
-from spotipy.oauth2 import SpotifyClientCredentials, SpotifyOauthError, SpotifyPKCE
+from spotipy.oauth2 import SpotifyClientCredentials, SpotifyOauthError, SpotifyPKCE, start_local_http_server
 from tqdm import tqdm
 
+from cml.errors import CmlError, check_input_file, check_output, count, positive
 from cml.spotify_data import AUDIO_FEATURE_COLUMNS, SPOTIFY_COLUMNS, UNKNOWN_GENRE
 
 log = logging.getLogger(__name__)
@@ -58,7 +67,7 @@ SEARCH_LIMIT = 10  # the most development-mode apps may ask per search page sinc
 DESCRIPTION_MAX = 300
 
 
-class SpotifyError(RuntimeError):
+class SpotifyError(CmlError, RuntimeError):
     """A Spotify failure explained in one line; `status` is the HTTP status when there was one."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -169,10 +178,13 @@ class TokenCache(CacheHandler):
             os.chmod(self.path, 0o600)
             log.warning("token cache %s was readable by others; its mode is now 0600", self.path)
         try:
-            return json.loads(text)
+            problem = _token_problem(token := json.loads(text))
         except ValueError:
-            log.warning("token cache %s is corrupt; logging in again", self.path)
+            problem = "not JSON"
+        if problem:
+            log.warning("token cache %s is not a usable Spotify token (%s); logging in again", self.path, problem)
             return None
+        return token
 
     def save_token_to_cache(self, token_info: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +196,22 @@ class TokenCache(CacheHandler):
         os.replace(tmp, self.path)
 
 
-# ---- HTTP session: retries and response checks ----
+_TOKEN_FIELDS = {"access_token": str, "refresh_token": str, "scope": str, "expires_at": (int, float)}
+
+
+def _token_problem(token) -> str | None:
+    """Why spotipy would crash on this cached token (it indexes these fields unchecked), or None."""
+    if not isinstance(token, dict):
+        return f"it holds {json.dumps(token)[:30]}, not a token object"
+    for name, kind in _TOKEN_FIELDS.items():
+        if name not in token:
+            return f"{name} is missing"
+        if not isinstance(token[name], kind) or isinstance(token[name], bool):
+            return f"{name} is a {type(token[name]).__name__}"
+    return None
+
+
+# ---- HTTP session: retries, a deadline per attempt, response checks ----
 
 class _Retry(urllib3.Retry):
     """urllib3 Retry with exponential back-off from the first retry, a cap on `Retry-After` waits,
@@ -213,6 +240,13 @@ class _Retry(urllib3.Retry):
                         urlparse(url or "").path)
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
+    def parse_retry_after(self, retry_after: str) -> float | None:
+        """Seconds, as Spotify sends; anything else (an HTTP-date, garbage) means back off (urllib3 raises)."""
+        if re.fullmatch(r"[0-9]+", retry_after.strip()):
+            return int(retry_after)
+        log.warning("Spotify sent Retry-After %r, not a number of seconds; backing off instead", retry_after[:40])
+        return None
+
     def sleep_for_retry(self, response) -> bool:
         wait = self.get_retry_after(response)
         if wait is None:
@@ -223,6 +257,97 @@ class _Retry(urllib3.Retry):
         log.warning("Spotify rate limit: waiting %.1f s as its Retry-After asks", wait)
         time.sleep(wait)
         return True
+
+
+_SENDING = threading.local()  # the watchdog of the request this thread is sending
+
+
+class _Watchdog:
+    """Shuts the socket down when an attempt (request sent to last byte of the answer) outlasts `deadline`
+    s: requests' timeout bounds each socket read, so a server trickling bytes could hold a call forever."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.timer, self.expired = deadline, None, False
+
+    def arm(self, sock: socket.socket) -> None:
+        self.disarm()
+        self.expired = False
+        self.timer = threading.Timer(self.deadline, self._expire, (sock,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def disarm(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+
+    def _expire(self, sock: socket.socket) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """urllib3 connection that arms the sending thread's watchdog on each attempt, retries included. It
+    takes the socket here because http.client drops `self.sock` after the headers of a closing answer."""
+
+    def getresponse(self):
+        watchdog = getattr(_SENDING, "watchdog", None)
+        if watchdog and self.sock:
+            watchdog.arm(self.sock)
+        return super().getresponse()
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """HTTPAdapter that reads each answer whole under a deadline (see _Watchdog)."""
+
+    def __init__(self, deadline: float, **kwargs):
+        self.deadline = deadline
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, urllib3.ProxyManager):  # a SOCKS manager keeps its own pools
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+    def send(self, request, **kwargs) -> requests.Response:
+        _SENDING.watchdog = watchdog = _Watchdog(self.deadline)
+        try:
+            response = super().send(request, **kwargs)
+            response.content  # noqa: B018 - the body too is read while the watchdog is armed
+        except requests.RequestException:
+            if not watchdog.expired:
+                raise
+        finally:
+            watchdog.disarm()
+            _SENDING.watchdog = None
+        if watchdog.expired:  # cut off: an exception, or a head or body that merely looks short
+            raise SpotifyError(f"Spotify sent no complete answer to {request.method} {urlparse(request.url).path} "
+                               f"within {self.deadline:g} s (a stalled or very slow connection); try again later")
+        return response
 
 
 def _check_json(response: requests.Response, *args, **kwargs) -> requests.Response:
@@ -238,18 +363,72 @@ def _check_json(response: requests.Response, *args, **kwargs) -> requests.Respon
     return response
 
 
-def make_session(retries: int = 5, backoff_factor: float = 0.5, max_retry_after: float = 120.0) -> requests.Session:
-    """A requests session that retries 429 (honouring Retry-After) and 5xx with back-off."""
+def make_session(retries: int = 5, backoff_factor: float = 0.5, max_retry_after: float = 120.0,
+                 deadline: float = 60.0) -> requests.Session:
+    """A requests session that retries 429 (honouring Retry-After) and 5xx with back-off, and gives each
+    attempt `deadline` seconds from sending the request to reading the last byte of the answer."""
     retry = _Retry(total=retries, connect=retries, read=False, status=retries, backoff_factor=backoff_factor,
                    status_forcelist=(429, 500, 502, 503, 504), raise_on_status=False,
                    allowed_methods=frozenset({"GET", "PUT", "DELETE", "POST"}))
     retry.max_retry_after = max_retry_after
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+    adapter = _Adapter(deadline, max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.hooks["response"].append(_check_json)
     return session
+
+
+# ---- logging in ----
+
+def ask_in_terminal(authorize_url: str) -> str:
+    """The no-browser login's default `ask`: show the Spotify page to open, read the address pasted back."""
+    print("Open this address in any browser, log in and approve; the browser then goes to an address that "
+          f"does not load: copy it and paste it here.\n  {authorize_url}", file=sys.stderr)
+    try:
+        return input("address: ")
+    except EOFError:
+        raise SpotifyError("no address was pasted (standard input is closed); run the login in a terminal") from None
+
+
+def _auth_code(redirect_url: str, redirect_uri: str) -> str:
+    """The authorisation code in the address the browser was sent to after the user approved."""
+    query = dict(parse_qsl(urlparse(redirect_url.strip()).query))
+    if query.get("error"):
+        raise SpotifyError(f"Spotify login refused ({query['error']}); approve the app on the Spotify page")
+    if not query.get("code"):
+        raise SpotifyError(f"the pasted address holds no login code; paste the whole address the browser went to "
+                           f"after you approved (it starts {redirect_uri}?code=)")
+    return query["code"]
+
+
+class _PKCE(SpotifyPKCE):
+    """SpotifyPKCE whose browser login gives up after `login_timeout` s (spotipy's waits forever), and whose
+    login without a local redirect server gets the pasted redirect address from `ask(authorize_url)`."""
+
+    def __init__(self, *, login_timeout: float, ask: Callable[[str], str], **kwargs):
+        super().__init__(**kwargs)
+        self.login_timeout, self.ask = login_timeout, ask
+
+    def _get_auth_response_local_server(self, redirect_port: int) -> str:
+        try:
+            server = start_local_http_server(redirect_port)
+        except OSError as err:
+            raise SpotifyError(f"cannot listen on port {redirect_port} of {self.redirect_uri} for the login "
+                               f"({err.strerror}); stop what uses it or log in with --no-browser") from None
+        server.timeout = self.login_timeout
+        with server:
+            self._open_auth_url()
+            server.handle_request()
+        if server.error:
+            raise server.error
+        if not server.auth_code:
+            raise SpotifyError(f"no login came back to {self.redirect_uri} within {self.login_timeout:g} s; "
+                               "approve the app in the browser, or log in with --no-browser")
+        return server.auth_code
+
+    def _get_auth_response_interactive(self, open_browser: bool = False) -> str:
+        return _auth_code(self.ask(self.get_authorize_url()), self.redirect_uri)
 
 
 # ---- the client ----
@@ -258,25 +437,30 @@ class SpotifyClient:
     """spotipy.Spotify with the retry session, 401 refresh, 403 fallbacks and paging this project needs.
 
     `user=True` logs in with authorization code + PKCE (user data, playlist writes; the token is cached
-    in `token_cache`); otherwise client credentials (public catalogue data only).
+    in `token_cache`); otherwise client credentials (public catalogue data only). The login opens the
+    browser and waits `login_timeout` s for it; with `open_browser=False` it calls `ask(authorize_url)`
+    for the address the browser went to (default: print and `input()`). `timeout` bounds each socket
+    read, `deadline` each attempt at a request as a whole.
     """
 
     def __init__(self, credentials: Credentials, *, user: bool, scope: str = USER_SCOPES,
                  token_cache: str | Path = TOKEN_CACHE, api_url: str | None = None, accounts_url: str | None = None,
                  retries: int = 5, backoff_factor: float = 0.5, max_retry_after: float = 120.0,
-                 timeout: float = 15.0, open_browser: bool = True):
+                 timeout: float = 15.0, deadline: float = 60.0, open_browser: bool = True,
+                 login_timeout: float = 120.0, ask: Callable[[str], str] = ask_in_terminal):
         api_url = (api_url or os.environ.get("CML_SPOTIFY_API_URL") or API_URL).rstrip("/")
         accounts_url = (accounts_url or os.environ.get("CML_SPOTIFY_ACCOUNTS_URL") or ACCOUNTS_URL).rstrip("/")
-        self.session = make_session(retries, backoff_factor, max_retry_after)
+        self.session = make_session(retries, backoff_factor, max_retry_after, deadline)
         if user:
             if not credentials.redirect_uri:
                 raise SpotifyError("SPOTIPY_REDIRECT_URI is not set; use http://127.0.0.1:PORT/callback, "
                                    "registered in your Spotify app")
             if urlparse(credentials.redirect_uri).hostname == "localhost":
                 log.warning("Spotify no longer accepts 'localhost' redirect URIs; use http://127.0.0.1:PORT/...")
-            self.auth = SpotifyPKCE(client_id=credentials.client_id, redirect_uri=credentials.redirect_uri,
-                                    scope=scope, cache_handler=TokenCache(token_cache), requests_session=self.session,
-                                    requests_timeout=timeout, open_browser=open_browser)
+            self.auth = _PKCE(client_id=credentials.client_id, redirect_uri=credentials.redirect_uri, scope=scope,
+                              cache_handler=TokenCache(token_cache), requests_session=self.session,
+                              requests_timeout=timeout, open_browser=open_browser, login_timeout=login_timeout,
+                              ask=ask)
             self.auth.OAUTH_AUTHORIZE_URL = f"{accounts_url}/authorize"
         else:
             if not credentials.client_secret:
@@ -328,24 +512,47 @@ class SpotifyClient:
                                "cache and run again to log in") from None
 
     def login(self) -> dict:
-        """Make sure a token exists (PKCE opens the browser the first time); returns the user, if any."""
+        """Make sure a token exists (PKCE logs in the first time); returns the user, if any."""
         if isinstance(self.auth, SpotifyPKCE):
             return _expect(self.call(self.sp.current_user), "user")
         self.call(self.auth.get_access_token, as_dict=False)
         return {}
 
+    def authorize_url(self) -> str:
+        """The Spotify page to open and approve: step 1 of a login without a browser here (a notebook)."""
+        return self.auth.get_authorize_url()
+
+    def finish_login(self, redirect_url: str) -> dict:
+        """Step 2: the address the browser went to after approving; caches the token, returns the user."""
+        self.call(self.auth.get_access_token, code=_auth_code(redirect_url, self.auth.redirect_uri), check_cache=False)
+        return self.login()
+
     def pages(self, first: dict, key: str | None = None, progress: bool = False) -> Iterator[dict]:
-        """Items of a paging object and of every page its absolute `next` URL leads to."""
+        """Items of a paging object and of every page its absolute `next` URL leads to.
+
+        A `next` already fetched is an error (a server-side loop would page forever); a listing that ends
+        short of its `total` is a warning with both counts (the data may be incomplete).
+        """
         page = _expect(first.get(key) if key else first, "paging object")
-        with tqdm(total=page.get("total"), disable=not progress, desc="spotify", unit="item") as bar:
-            while page:
+        total, got, fetched = page.get("total"), 0, {page.get("href")}
+        listing = urlparse(page.get("href") or "").path or "a Spotify listing"
+        with tqdm(total=total, disable=not progress, desc="spotify", unit="item") as bar:
+            while True:
                 items = page.get("items") or []
+                got += len(items)
                 bar.update(len(items))
                 yield from items
                 if not page.get("next"):
-                    return
+                    break
+                if page["next"] in fetched:
+                    raise SpotifyError(f"Spotify's paging of {listing} loops back to {page['next']} after {got} of "
+                                       f"{total} items; try again later")
+                fetched.add(page["next"])
                 following = _expect(self.call(self.sp.next, page), "paging object")
                 page = _expect(following.get(key) if key else following, "paging object")
+        if isinstance(total, int) and got < total:
+            log.warning("got %d of %d items of %s: Spotify ended the listing early; the data may be incomplete, "
+                        "run again later", got, total, listing)
 
     def restricted_once(self, endpoint: str, err: SpotifyError, consequence: str) -> None:
         """The 403 Spotify gives new apps on closed endpoints: warn once per endpoint, then go on."""
@@ -648,7 +855,7 @@ def link_local_files(client: SpotifyClient, paths: Iterable[str | Path], progres
 
 def read_playlist_file(path: str | Path) -> tuple[list[str], list[Path]]:
     """(Spotify refs, local audio paths) from a .csv (uri / track_id / path column) or a .m3u / .txt list."""
-    path = Path(path)
+    path = check_input_file(path, "track list")
     refs: list[str] = []
     local: list[Path] = []
 
@@ -683,21 +890,19 @@ def read_playlist_file(path: str | Path) -> tuple[list[str], list[Path]]:
 # ---- CLI ----
 
 def _client(args: argparse.Namespace, user: bool) -> SpotifyClient:
-    return SpotifyClient(load_credentials(args.env_file), user=user, token_cache=args.token_cache)
+    return SpotifyClient(load_credentials(args.env_file), user=user, token_cache=args.token_cache,
+                         open_browser=not args.no_browser, login_timeout=args.login_timeout)
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
+    check_output(args.out)
     source, value = ("playlist", args.playlist) if args.playlist else ("saved", None) if args.saved else \
         ("search", args.search) if args.search else ("tracks", args.tracks)
     user = args.auth == "user" if args.auth else source in ("playlist", "saved")
-    try:
-        if source == "tracks":
-            value = read_playlist_file(value)[0]
-        tracks = pull(_client(args, user), source, value, limit=args.limit, genre=args.genre,
-                      features=not args.no_features, progress=True)
-    except SpotifyError as err:
-        log.error("spotify pull failed: %s", err)
-        return 1
+    if source == "tracks":
+        value = read_playlist_file(value)[0]
+    tracks = pull(_client(args, user), source, value, limit=args.limit, genre=args.genre,
+                  features=not args.no_features, progress=True)
     write_tracks_csv(tracks, args.out)
     with_features = int(tracks[AUDIO_FEATURE_COLUMNS].notna().any(axis=1).sum())
     print(f"wrote {len(tracks)} track(s) to {args.out} ({with_features} with audio features)")
@@ -705,18 +910,14 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    try:
-        client = _client(args, user=True)
-        refs, local = read_playlist_file(args.tracks_file)
-        if local:
-            links = link_local_files(client, local, progress=True)
-            refs += [link.uri for link in links if link.uri]
-            print(f"linked {sum(1 for link in links if link.uri)} of {len(links)} local file(s)")
-        how = args.description or f"tracks from {Path(args.tracks_file).name}"
-        result = push(client, args.name, refs, how, replace=args.replace, public=args.public, dry_run=args.dry_run)
-    except SpotifyError as err:
-        log.error("spotify push failed: %s", err)
-        return 1
+    refs, local = read_playlist_file(args.tracks_file)
+    client = _client(args, user=True)
+    if local:
+        links = link_local_files(client, local, progress=True)
+        refs += [link.uri for link in links if link.uri]
+        print(f"linked {sum(1 for link in links if link.uri)} of {len(links)} local file(s)")
+    how = args.description or f"tracks from {Path(args.tracks_file).name}"
+    result = push(client, args.name, refs, how, replace=args.replace, public=args.public, dry_run=args.dry_run)
     verb = "would" if args.dry_run else "did"
     print(f"{verb} {result.action} playlist {args.name!r} with {result.n_tracks} track(s):")
     for step in result.requests:
@@ -726,11 +927,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_link(args: argparse.Namespace) -> int:
-    try:
-        links = link_local_files(_client(args, user=args.auth == "user"), args.files, progress=True)
-    except SpotifyError as err:
-        log.error("spotify link failed: %s", err)
-        return 1
+    check_output(args.out)
+    links = link_local_files(_client(args, user=args.auth == "user"), args.files, progress=True)
     table = pd.DataFrame([{"path": str(link.path), "uri": link.uri, "matched_by": link.matched_by,
                            "reason": link.reason} for link in links])
     write_tracks_csv(table, args.out)
@@ -744,6 +942,11 @@ def register_cli(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--env-file", default=".env", help="gitignored file with SPOTIPY_* variables")
     common.add_argument("--token-cache", default=TOKEN_CACHE, help="user token cache (mode 0600, gitignored)")
+    common.add_argument("--no-browser", action="store_true",
+                        help="log in without opening a browser here: print the Spotify page, paste back the "
+                             "address it sends you to (for remote machines)")
+    common.add_argument("--login-timeout", type=positive, default=120.0, metavar="SECONDS",
+                        help="how long the browser login waits for you to approve (default 120)")
 
     pull_p = commands.add_parser("pull", parents=[common], help="tracks -> CSV for the DataAnalysis notebook")
     what = pull_p.add_mutually_exclusive_group(required=True)
@@ -752,7 +955,7 @@ def register_cli(subparsers) -> None:
     what.add_argument("--search", help="search query, e.g. 'genre:jazz year:2020'")
     what.add_argument("--tracks", help="file with track URIs/URLs/ids (.txt, .m3u or .csv with a uri column)")
     pull_p.add_argument("--out", required=True, help="CSV to write, e.g. data/spotify/my_playlist.csv")
-    pull_p.add_argument("--limit", type=int, help="at most this many tracks")
+    pull_p.add_argument("--limit", type=count, help="at most this many tracks")
     pull_p.add_argument("--genre", default=UNKNOWN_GENRE, help="value for track_genre (Spotify gives tracks none)")
     pull_p.add_argument("--no-features", action="store_true", help="do not ask for audio features")
     pull_p.add_argument("--auth", choices=("user", "app"),

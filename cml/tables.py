@@ -25,12 +25,14 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from cml.errors import CmlError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ FEATURES_METADATA_KEY = b"cml.features"
 _SHOW = 10  # how many offending ids an error message names
 
 
-class FeatureTableError(ValueError):
+class FeatureTableError(CmlError, ValueError):
     """A feature table that cannot be used as it is; the message says why and where."""
 
 
@@ -74,14 +76,53 @@ def _read_frame(path: Path, text_columns: tuple[str, ...]) -> tuple[pd.DataFrame
             recorded = (table.schema.metadata or {}).get(FEATURES_METADATA_KEY)
             return table.to_pandas(), json.loads(recorded) if recorded else None
         if suffix in (".csv", ".tsv", ".txt"):
-            sep = "\t" if suffix == ".tsv" else ","
-            header = pd.read_csv(path, sep=sep, nrows=0).columns
-            as_text = {c: str for c in text_columns if c in header}  # keep "007" as "007"
-            return pd.read_csv(path, sep=sep, dtype=as_text, keep_default_na=True), None
+            return read_csv_text_ids(path, text_columns), None
     except (OSError, ValueError, pa.ArrowException) as err:
         raise FeatureTableError(f"cannot read feature table {path}: {err}") from err
     raise FeatureTableError(f"cannot read feature table {path}: unknown extension {suffix!r} "
                             "(expected .parquet, .csv or .tsv)")
+
+
+def read_csv_text_ids(path: str | Path, text_columns: Iterable[str] = ID_COLUMNS) -> pd.DataFrame:
+    """A CSV (or TSV) with ``text_columns`` read verbatim as strings: ``007`` stays ``007`` and an id
+    ``nan``, ``NA`` or ``null`` stays that text; only an empty field is missing. Other columns are
+    parsed as pandas does (numbers, and NaN for ``nan``/``NA``/empty)."""
+    path = Path(path)
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    df = pd.read_csv(path, sep=sep)
+    text = [c for c in dict.fromkeys(text_columns) if c in df.columns]
+    if text:
+        raw = pd.read_csv(path, sep=sep, usecols=text, dtype=str, keep_default_na=False)
+        for c in text:
+            df[c] = pd.Series([None if v == "" else v for v in raw[c]], index=df.index, dtype=object)
+    return df
+
+
+TRACK_TEXT_COLUMNS = ("id", "path", "label", "split", "piece", "composer", "title", "source", "programs", "format")
+
+
+def read_tracks(path: str | Path, required: Iterable[str] = ("id", "path")) -> pd.DataFrame:
+    """The track table (``tracks.csv`` of the tracks stage, or any CSV with id and path): the one reader
+    every stage and notebook uses. Ids and other text columns stay text (see `read_csv_text_ids`);
+    a missing file, a missing column or an empty or repeated id is a FeatureTableError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureTableError(f"tracks table not found: {path}")
+    try:
+        tracks = read_csv_text_ids(path, TRACK_TEXT_COLUMNS)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise FeatureTableError(f"cannot read tracks table {path}: {err}") from err
+    missing = [c for c in required if c not in tracks.columns]
+    if missing:
+        raise FeatureTableError(f"{path}: missing columns {missing}; columns are: {_names(tracks.columns)}")
+    if "id" in tracks.columns:
+        empty = np.flatnonzero(tracks["id"].isna().to_numpy())
+        if len(empty):
+            raise FeatureTableError(f"{path}: empty id in rows {_names(empty)}")
+        dup = tracks["id"].duplicated().to_numpy()
+        if dup.any():
+            raise FeatureTableError(f"{path}: {dup.sum()} repeated ids: {_names(tracks['id'][dup].unique())}")
+    return tracks
 
 
 def _feature_columns(df: pd.DataFrame, recorded: list[str] | None, skip: set[str]) -> list[str]:

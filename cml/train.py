@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -38,13 +37,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cml.audio import LogMel, MelConfig, load_audio, read_random_crop, track_logmel
+from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, load_audio, track_logmel
 from cml.augment import Augment, AugmentConfig
-from cml.checkpoint import Normalizer, read_checkpoint, save_checkpoint
+from cml.checkpoint import Normalizer, read_checkpoint, resolve_device, save_checkpoint
+from cml.errors import CmlError, check_input_file, check_output, one_line
 from cml.evaluation import knn_accuracy
 from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
 from cml.model import Encoder, EncoderConfig
 from cml.notebook import write_metrics
+from cml.params import load_params, parse_section
+from cml.tables import read_tracks
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +160,8 @@ def _init_distributed(device_type: str) -> Dist:
 
 
 def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    return torch.device(name)
+    device = resolve_device(name)
+    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
 
 
 def _autocast(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, Optional[torch.dtype]]:
@@ -212,6 +211,7 @@ class TrackCrops:
         self.paths, self.durations, self.mel = paths, durations, mel
         self.floor = math.log(mel.log_offset)
         self.logmels: Optional[list[Tensor]] = None
+        self.failed: dict[str, str] = {}  # path -> reason, for files that failed to decode from disk
         if in_memory:
             self.logmels = [track_logmel(p, mel) for p in tqdm(paths, desc="cache log-mels", unit="track",
                                                                  disable=not progress)]
@@ -225,6 +225,20 @@ class TrackCrops:
     def _fit(self, x: Tensor, frames: int) -> Tensor:
         return torch.nn.functional.pad(x[:, :frames], (0, frames - min(frames, x.shape[1])), value=self.floor)
 
+    def _read(self, i: int, offset: float, seconds: float) -> Tensor:
+        """A crop decoded from disk; a file that fails now is logged and read as silence (the run goes on)."""
+        try:
+            wave = load_audio(self.paths[i], self.mel.sample_rate, offset=offset, duration=seconds)
+            if not torch.isfinite(wave).all():
+                raise ValueError("non-finite samples (NaN or inf)")
+            wave = torch.nn.functional.pad(wave, (0, round(seconds * self.mel.sample_rate) - len(wave)))
+        except (*DECODE_ERRORS, ValueError) as err:
+            if self.paths[i] not in self.failed:
+                log.warning("cannot use %s (%s): its crops are silence from now on", self.paths[i], one_line(err))
+            self.failed[self.paths[i]] = f"failed during training: {one_line(err)}"
+            wave = torch.zeros(0)
+        return self._fit(LogMel(self.mel)(wave), self.frames(seconds))
+
     def random(self, i: int, seconds: float, g: torch.Generator) -> Tensor:
         frames = self.frames(seconds)
         if self.logmels is not None:
@@ -232,8 +246,7 @@ class TrackCrops:
             start = int(torch.randint(max(1, x.shape[1] - frames + 1), (), generator=g))
             return self._fit(x[:, start:start + frames], frames)
         rng = np.random.default_rng(int(torch.randint(2**62, (), generator=g)))
-        wave = read_random_crop(self.paths[i], seconds, self.mel.sample_rate, rng, self.durations[i])
-        return self._fit(LogMel(self.mel)(wave), frames)
+        return self._read(i, rng.uniform(0.0, max(0.0, self.durations[i] - seconds)), seconds)
 
     def at(self, i: int, seconds: float, fraction: float, shift: float = 0.0) -> Tensor:
         """The crop starting at `fraction` of the track's room for crops, moved by `shift` seconds (clipped)."""
@@ -243,8 +256,7 @@ class TrackCrops:
         if self.logmels is not None:
             start = min(round(offset * self.mel.sample_rate / self.mel.hop_length), max(0, self.logmels[i].shape[1] - frames))
             return self._fit(self.logmels[i][:, start:start + frames], frames)
-        wave = load_audio(self.paths[i], self.mel.sample_rate, offset=offset, duration=seconds)
-        return self._fit(LogMel(self.mel)(wave), frames)
+        return self._read(i, offset, seconds)
 
     def centre(self, i: int, seconds: float) -> Tensor:
         frames = self.frames(seconds)
@@ -252,9 +264,32 @@ class TrackCrops:
             x = self.logmels[i]
             start = max(0, (x.shape[1] - frames) // 2)
             return self._fit(x[:, start:start + frames], frames)
-        offset = max(0.0, (self.durations[i] - seconds) / 2)
-        wave = load_audio(self.paths[i], self.mel.sample_rate, offset=offset, duration=seconds)
-        return self._fit(LogMel(self.mel)(wave), frames)
+        return self._read(i, max(0.0, (self.durations[i] - seconds) / 2), seconds)
+
+
+def readable_crops(rows: pd.DataFrame, mel: MelConfig, in_memory: bool, progress: bool,
+                   ) -> tuple[TrackCrops, pd.DataFrame, list[dict]]:
+    """TrackCrops of the rows whose audio can be read (whole log-mels cached when `in_memory`), those rows,
+    and the other rows with the reason: one unreadable or non-finite file never stops training."""
+    logmels, keep, skipped = [], [], []
+    for i, row in enumerate(tqdm(rows.itertuples(index=False), total=len(rows), desc="read tracks",
+                                 unit="track", disable=not progress)):
+        try:
+            x = track_logmel(row.path, mel) if in_memory else audio_info(row.path)
+        except DECODE_ERRORS as err:
+            skipped.append({"id": row.id, "path": row.path, "reason": f"cannot decode: {one_line(err)}"})
+            continue
+        if in_memory and not torch.isfinite(x).all():
+            skipped.append({"id": row.id, "path": row.path, "reason": "non-finite log-mel (NaN/inf or huge samples)"})
+            continue
+        keep.append(i)
+        logmels.append(x)
+    for r in skipped:
+        log.warning("skipped %s: %s", r["path"], r["reason"])
+    kept = rows.iloc[keep].reset_index(drop=True)
+    crops = TrackCrops(list(kept["path"]), list(kept["duration"]), mel, in_memory=False, progress=False)
+    crops.logmels = logmels if in_memory else None
+    return crops, kept, skipped
 
 
 class PairDataset(Dataset):
@@ -325,22 +360,17 @@ def _groups(rows: pd.DataFrame, by_piece: bool) -> list[list[int]]:
     return [[i] for i in range(len(rows))]
 
 
-def read_tracks(tracks_csv: str | os.PathLike) -> pd.DataFrame:
-    """The track table, checked for what training needs, with missing files dropped (and reported)."""
-    path = Path(tracks_csv)
-    if not path.is_file():
-        raise FileNotFoundError(f"tracks table not found: {path}")
-    tracks = pd.read_csv(path)
-    missing = {"id", "path", "duration", "split"} - set(tracks.columns)
-    if missing:
-        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+def training_tracks(tracks_csv: str | os.PathLike) -> tuple[pd.DataFrame, list[dict]]:
+    """The track table checked for what training needs, and the rows whose file is gone (reported)."""
+    tracks = read_tracks(tracks_csv, required=("id", "path", "duration", "split"))
     exists = tracks["path"].map(lambda p: Path(p).is_file())
-    for p in tracks.loc[~exists, "path"]:
-        log.warning("skipped %s: file not found", p)
+    gone = [{"id": r.id, "path": r.path, "reason": "file not found"} for r in tracks[~exists].itertuples()]
+    for r in gone:
+        log.warning("skipped %s: file not found", r["path"])
     tracks = tracks[exists].reset_index(drop=True)
     if not (tracks["split"] == "train").any():
-        raise ValueError(f"{path}: no usable tracks in the train split")
-    return tracks
+        raise CmlError(f"{tracks_csv}: no usable tracks in the train split")
+    return tracks, gone
 
 
 def measure_norm(crops: TrackCrops, n: int, seconds: float, seed: int) -> Normalizer:
@@ -540,9 +570,7 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
            d: Dist, device: torch.device) -> dict:
     if cfg.batch_size % d.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
-    tracks = read_tracks(tracks_csv)
-    train_rows = tracks[tracks["split"] == "train"].reset_index(drop=True)
-    val_rows = tracks[tracks["split"] == "val"].reset_index(drop=True)
+    tracks, skipped = training_tracks(tracks_csv)
     mel = MelConfig()
     enc_cfg = cfg.encoder_config()
     if enc_cfg.n_mels != mel.n_mels:
@@ -560,13 +588,16 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
                              f"use another out_dir or resume=False")
         log.info("resuming from %s after epoch %d", last, state["epoch"])
 
-    need_mb = (train_rows["duration"].sum() + val_rows["duration"].sum()) * mel.sample_rate / mel.hop_length \
-        * mel.n_mels * 4 / 2**20
+    tracks = tracks[tracks["split"].isin(["train", "val"])]
+    need_mb = tracks["duration"].sum() * mel.sample_rate / mel.hop_length * mel.n_mels * 4 / 2**20
     in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and need_mb <= cfg.cache_mb)
     log.info("log-mels %s (%.0f MB for %d tracks)", "cached in memory" if in_memory else "read from disk",
-             need_mb, len(train_rows) + len(val_rows))
-    train_crops = TrackCrops(list(train_rows["path"]), list(train_rows["duration"]), mel, in_memory, progress)
-    val_crops = TrackCrops(list(val_rows["path"]), list(val_rows["duration"]), mel, in_memory, progress)
+             need_mb, len(tracks))
+    train_crops, train_rows, unread = readable_crops(tracks[tracks["split"] == "train"], mel, in_memory, progress)
+    val_crops, val_rows, val_unread = readable_crops(tracks[tracks["split"] == "val"], mel, in_memory, progress)
+    skipped += unread + val_unread
+    if not len(train_rows):
+        raise CmlError(f"{tracks_csv}: none of the train tracks can be read (reasons in the log)")
     norm = Normalizer(**state["norm"]) if state else measure_norm(train_crops, cfg.norm_crops, cfg.crop_seconds, cfg.seed)
     augment = Augment(cfg.augment_config(), mel.log_offset)
     train_set = PairDataset(train_crops, _groups(train_rows, cfg.pair_by_piece), cfg.crop_seconds, augment, norm,
@@ -672,6 +703,9 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
             dist.barrier()
 
     summary = _summary(history, timing) if history else {}
+    if d.main:
+        skipped += [{"id": None, "path": p, "reason": r} for p, r in {**train_crops.failed, **val_crops.failed}.items()]
+        pd.DataFrame(skipped, columns=["id", "path", "reason"]).to_csv(out / "skipped.csv", index=False)
     if d.main and history:
         live.summary = dict(summary)  # dvclive adds its step to the dict it is given
         live.end()
@@ -684,18 +718,15 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from cml.params import load_params
-
     section = {k: v for k, v in load_params(args.params, "train").items() if k not in MATRIX_KEYS}
     if args.variant:
         section["variant"] = args.variant
     if args.seed is not None:
         section["seed"] = args.seed
-    try:
-        config = TrainConfig.from_dict(section)
-    except (ValueError, TypeError) as err:
-        print(f"error: {args.params}: {err}", file=sys.stderr)
-        return 2
+    config = parse_section(args.params, "train", TrainConfig.from_dict, section)
+    resolve_device(config.device)
+    check_input_file(args.tracks, "tracks table")
+    check_output(args.out, folder=True)
     metrics = train(config, args.tracks, args.out, progress=not args.quiet, resume=not args.fresh)
     if metrics:
         print(f"{config.variant}: val NT-Xent {metrics['val_ntxent']:.3f}, k-NN {metrics['val_knn_acc']:.3f} (best epoch "

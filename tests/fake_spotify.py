@@ -5,8 +5,9 @@ paging objects with absolute `next` URLs, track / audio-features / user / playli
 endpoint (client credentials, PKCE authorization code, refresh) and the /authorize redirect. It keeps the
 limits Spotify enforces (ids per batch, items per page) so a client that ignores them fails, records
 every request (arrival time, method, path, query, bearer token, body) so tests can check behaviour, and
-can inject faults: any status / headers / body for the next N matching requests, server-side token
-expiry, and the 403 that new apps get on audio features.
+can inject faults: any status / headers / body for the next N matching requests (optionally trickled a
+byte at a time), server-side token expiry, the 403 that new apps get on audio features, paging whose
+`next` loops back, and a `total` larger than the listing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Fault:
     headers: dict
     body: bytes
     times: int
+    trickle_s: float  # > 0: send the body (and with trickle_headers the head too) a byte every trickle_s s
+    trickle_headers: bool
 
 
 def track_id(i: int) -> str:
@@ -100,6 +103,8 @@ class FakeSpotify:
         self.requests: list[Seen] = []
         self.faults: list[Fault] = []
         self.audio_features_restricted = False
+        self.loop_pages = 0  # the last page of the next N listings links back to the page before it
+        self.extra_total = 0  # added to every listing's `total`, as if items vanished while paging
         self.tracks: dict[str, dict] = {}
         self.features: dict[str, dict] = {}
         self.saved: list[str] = []
@@ -147,11 +152,12 @@ class FakeSpotify:
         return pid
 
     def fail(self, method: str, path: str, status: int, headers: dict | None = None,
-             body: bytes | None = None, times: int = 1) -> None:
+             body: bytes | None = None, times: int = 1, trickle_s: float = 0.0, trickle_headers: bool = False) -> None:
         """Answer the next `times` requests matching method + path regex with this response."""
         if body is None:
             body = json.dumps({"error": {"status": status, "message": f"injected {status}"}}).encode()
-        self.faults.append(Fault(method, re.compile(path), status, headers or {}, body, times))
+        self.faults.append(Fault(method, re.compile(path), status, headers or {}, body, times, trickle_s,
+                                 trickle_headers))
 
     def expire_tokens_after(self, n_requests: int) -> None:
         """Server-side expiry: after `n_requests` more API calls every issued access token is rejected."""
@@ -182,6 +188,9 @@ class FakeSpotify:
         else:
             status, headers, payload = self._route(h, parsed.path, query, body, token)
         seen.status = status
+        out = _Trickle(h.wfile, fault.trickle_s) if fault and fault.trickle_s else h.wfile
+        if fault and fault.trickle_headers:
+            h.wfile = out
         h.send_response(status)
         if payload and "Content-Type" not in headers:
             h.send_header("Content-Type", "application/json; charset=utf-8")
@@ -189,7 +198,7 @@ class FakeSpotify:
             h.send_header(key, value)
         h.send_header("Content-Length", str(len(payload)))
         h.end_headers()
-        h.wfile.write(payload)
+        out.write(payload)
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
@@ -292,9 +301,13 @@ class FakeSpotify:
         def link(off: int) -> str:  # absolute, with a page marker so tests can tell `next` was followed
             return f"{self.url}{path}?{urlencode({**query, 'offset': off, 'limit': limit, 'page': off // limit})}"
         chunk = items[offset:offset + limit]
+        following = link(offset + limit) if offset + limit < len(items) else None
+        if following is None and offset > 0 and self.loop_pages > 0:
+            self.loop_pages -= 1
+            following = link(offset - limit)
         return {"href": link(offset), "items": [wrap(x) for x in chunk] if wrap else chunk, "limit": limit,
-                "next": link(offset + limit) if offset + limit < len(items) else None, "offset": offset,
-                "previous": link(max(0, offset - limit)) if offset > 0 else None, "total": len(items)}
+                "next": following, "offset": offset, "previous": link(max(0, offset - limit)) if offset > 0 else None,
+                "total": len(items) + self.extra_total}
 
     def user(self) -> dict:
         return {"id": USER_ID, "display_name": "Fake User", "type": "user", "uri": f"spotify:user:{USER_ID}",
@@ -485,6 +498,25 @@ def _parse_body(raw: bytes, content_type: str):
         return json.loads(raw)
     except ValueError:
         return raw.decode(errors="replace")
+
+
+class _Trickle:
+    """A write file that sends a byte every `delay` s, like a stalled server; stops when the client leaves."""
+
+    def __init__(self, wfile, delay: float):
+        self.wfile, self.delay = wfile, delay
+
+    def write(self, data: bytes) -> None:
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(self.delay)
+        except OSError:
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self.wfile, name)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -13,11 +13,8 @@ import torchaudio
 from cml.audio import (
     LogMel,
     MelConfig,
-    fixed_crops,
     iter_blocks,
     load_audio,
-    random_crop,
-    read_random_crop,
     register_cli,
     scan_audio,
     track_logmel,
@@ -189,50 +186,6 @@ def test_track_logmel_blocks_of_any_size_and_tracks_shorter_than_a_window(tmp_pa
 # Crops
 
 
-def test_random_crop_is_deterministic_under_a_seed():
-    wave = torch.arange(1000, dtype=torch.float32)
-    a = random_crop(wave, 100, torch.Generator().manual_seed(1))
-    b = random_crop(wave, 100, torch.Generator().manual_seed(1))
-    assert torch.equal(a, b)
-    assert torch.equal(a, torch.arange(a[0], a[0] + 100))  # a contiguous window
-    starts = {int(random_crop(wave, 100, torch.Generator().manual_seed(s))[0]) for s in range(20)}
-    assert len(starts) > 10
-
-
-def test_random_crop_pads_short_input_at_the_end():
-    out = random_crop(torch.ones(2, 30), 50, torch.Generator().manual_seed(0))
-    assert out.shape == (2, 50)
-    assert torch.equal(out[:, :30], torch.ones(2, 30)) and not out[:, 30:].any()
-
-
-def test_fixed_crops_cover_the_whole_wave():
-    wave = torch.arange(1, 251, dtype=torch.float32)
-    crops = fixed_crops(wave, 100)
-    assert crops.shape == (3, 100)
-    assert torch.equal(crops.flatten()[:250], wave) and not crops.flatten()[250:].any()
-    overlapping = fixed_crops(wave, 100, hop=50)
-    assert overlapping.shape == (4, 100)
-    assert torch.equal(overlapping[1], wave[50:150])
-    assert fixed_crops(wave[:10], 100).shape == (1, 100)
-    assert fixed_crops(torch.zeros(2, 200), 100).shape == (2, 2, 100)
-
-
-def test_read_random_crop_reads_a_seeded_segment(tmp_path):
-    n = 5 * 16000
-    ramp = (np.arange(n) / n).astype(np.float32)  # the value says where in the file a sample is
-    path = write(tmp_path / "ramp.wav", ramp, 16000, subtype="FLOAT")
-    crops = [read_random_crop(path, 1.5, 16000, np.random.default_rng(4)) for _ in range(2)]
-    assert torch.equal(crops[0], crops[1])
-    crop = crops[0].numpy()
-    assert crop.shape == (24000,)
-    start = round(float(crop[0]) * n)
-    np.testing.assert_array_equal(crop, ramp[start : start + 24000])
-    other = read_random_crop(path, 1.5, 16000, np.random.default_rng(5), duration=5.0)
-    assert not torch.equal(other, crops[0])
-    short = read_random_crop(path, 8.0, 16000, np.random.default_rng(0))
-    assert short.shape == (8 * 16000,) and not short[n:].any()
-
-
 # ----------------------------------------------------------------------------------------------
 # Scanning
 
@@ -250,7 +203,7 @@ def build_tree(root):
         write(root / rel, music(1.5, 22050, channels=ch, seed=i), 22050)
     flac = (root / "rock/a.flac").read_bytes()
     bad = {
-        "rock/corrupt.wav": "cannot decode",
+        "rock/corrupt.wav": "not audio",
         "jazz/truncated.flac": "truncated",
         "jazz/empty.mp3": "empty",
         "notes.txt": "not an audio file",

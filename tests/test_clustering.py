@@ -9,10 +9,10 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from cml.clustering import (GRID_METRICS, METHODS, best_pair, cluster, contingency, discover_tables, evaluate,
-                            grid_metrics, headline_metric, kdistance_eps, l2_normalise, load_tables, medoids, purity,
-                            ranking, register_cli, run_grid, select_spaces)
-from cml.tables import FeatureTable, write_feature_table
+from cml.clustering import (GRID_METRICS, METHODS, best_pair, check_directions, cluster, contingency, discover_tables,
+                            evaluate, grid_metrics, headline_metric, kdistance_eps, l2_normalise, load_tables, medoids,
+                            purity, ranking, register_cli, run_grid, select_spaces)
+from cml.tables import FeatureTable, FeatureTableError, write_feature_table
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,26 @@ def test_bad_calls(blobs):
     assert len(METHODS) == 11
 
 
+def test_rows_without_a_direction_are_named_or_dropped(caplog):
+    X = np.arange(12.0).reshape(4, 3)
+    X[[1, 3]] = 0.0
+    table = FeatureTable(ids=np.array(["a", "b", "c", "d"]), X=X, feature_names=["x", "y", "z"],
+                         labels=np.array(["p", "q", "r", "s"], dtype=object), meta=pd.DataFrame({"m": [0, 1, 2, 3]}))
+    with pytest.raises(FeatureTableError, match="t.csv: 2 rows of length zero .* ids: b, d"):
+        check_directions(table, "t.csv")
+    with caplog.at_level("WARNING"):
+        kept = check_directions(table, "t.csv", drop_invalid=True)
+    assert "ids: b, d: dropped" in caplog.text
+    assert kept.ids.tolist() == ["a", "c"] and kept.labels.tolist() == ["p", "r"] and kept.meta["m"].tolist() == [0, 2]
+    np.testing.assert_array_equal(kept.X, X[[0, 2]])
+    assert check_directions(kept, "t.csv") is kept  # valid input passes unchanged
+
+
+def test_eps_zero_is_not_replaced_by_the_knee(blobs):
+    with pytest.raises(ValueError, match="eps"):
+        cluster(blobs[0], "dbscan", eps=0.0)
+
+
 def test_purity():
     assert purity(np.array(list("aabbb")), np.array([0, 0, 0, 1, 1])) == pytest.approx(0.8)
 
@@ -125,14 +145,6 @@ def test_cli_writes_clusters_and_metrics(blobs, tmp_path, cli):
     # k defaults to the number of distinct labels
     assert cli(str(table), "--method", "kmeans", "--out", str(out)) == 0
     assert pd.read_csv(out)["cluster"].nunique() == 3
-
-
-def test_cli_reports_bad_input(tmp_path, cli, capsys):
-    pd.DataFrame({"id": ["a", "b"], "x": [1.0, np.nan]}).to_csv(tmp_path / "t.csv", index=False)
-    assert cli(str(tmp_path / "t.csv"), "--method", "kmeans", "--k", "1") == 1
-    assert "NaN or inf features in 1 rows, ids: b" in capsys.readouterr().err
-    assert cli(str(tmp_path / "t.csv"), "--method", "kmeans", "--drop-invalid") == 1  # no labels to take k from
-    assert "--k is required for kmeans" in capsys.readouterr().err
 
 
 # --- the ClusterTesting grid and what the notebook shows of it ---------------------------------------

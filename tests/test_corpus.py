@@ -10,6 +10,7 @@ import yaml
 
 from cml import corpus
 from cml.corpus import MANIFEST_COLUMNS, PROGRAM_POOL, CorpusConfig, StyleClass, build_corpus, draw_programs
+from cml.errors import CmlError, UsageError
 
 TINY = dict(classes=["bach_chorale", "essen_folk"], pieces_per_class=2, max_seconds=4.0, min_seconds=2.0, workers=1)
 
@@ -39,13 +40,17 @@ def test_manifest_rows_point_at_mono_flac_files_at_the_requested_rate(tiny):
     assert pd.read_csv(out / "manifest.csv", keep_default_na=False)["id"].tolist() == manifest["id"].tolist()
 
 
+def run_cli(params, out) -> int:
+    parser = argparse.ArgumentParser()
+    corpus.register_cli(parser.add_subparsers())
+    args = parser.parse_args(["corpus", "--params", str(params), "--out", str(out)])
+    return args.func(args)
+
+
 def test_cli_rebuild_with_two_workers_is_byte_identical(tiny, tmp_path):
     manifest, first = tiny
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"corpus": {**TINY, "workers": 2}, "other_stage": {"x": 1}}))
-    parser = argparse.ArgumentParser()
-    corpus.register_cli(parser.add_subparsers())
-    args = parser.parse_args(["corpus", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "again")])
-    assert args.func(args) == 0
+    assert run_cli(tmp_path / "params.yaml", tmp_path / "again") == 0
     second = tmp_path / "again"
     assert (second / "manifest.csv").read_bytes() == (first / "manifest.csv").read_bytes()
     for path in manifest["path"]:
@@ -119,3 +124,50 @@ def test_from_dict_rejects_unknown_keys_and_bad_values():
 
 def test_metadata_is_folded_to_one_line():
     assert corpus.one_line("Anonymous D-Bs 261 (Cfirm)\nI-Rvat 1419  (Cp) ") == "Anonymous D-Bs 261 (Cfirm) I-Rvat 1419 (Cp)"
+
+
+def test_cli_refuses_a_missing_or_wrong_params_file_or_output_with_a_usage_error(tmp_path):
+    params = tmp_path / "params.yaml"
+    with pytest.raises(UsageError, match=f"params file not found: {params}"):
+        run_cli(params, tmp_path / "out")
+    for text, reason in [("corpus: {piece_per_class: 3}\n", r"unknown corpus keys \['piece_per_class'\]"),
+                         ("corpus: [1, 2]\n", "must be a mapping"),
+                         ("tracks: {}\n", "has no 'corpus' section"),
+                         ("corpus: {classes: [bach_chorale\n", "not valid YAML")]:
+        params.write_text(text)
+        with pytest.raises(UsageError, match=f"^{params}.*{reason}") as err:
+            run_cli(params, tmp_path / "out")
+        assert "\n" not in str(err.value) and err.value.exit_code == 2
+    params.write_text("corpus: {pieces_per_class: 1}\n")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UsageError, match="is a file"):
+        run_cli(params, tmp_path / "a-file")
+
+
+def _truncated_soundfont(path):
+    path.write_bytes(corpus.default_soundfont().read_bytes()[:100_000])  # a valid header, then cut off
+
+
+BAD_SOUNDFONTS = {  # how the file is made, the error, its message
+    "missing": (lambda path: None, UsageError, "soundfont not found"),
+    "folder": (lambda path: path.mkdir(), UsageError, "soundfont is a folder"),
+    "empty": (lambda path: path.write_bytes(b""), CmlError, "is not a SoundFont 2 file"),
+    "text renamed .sf2": (lambda path: path.write_text("not a soundfont\n" * 10), CmlError, "is not a SoundFont 2 file"),
+    "truncated": (_truncated_soundfont, CmlError, "FluidSynth cannot load soundfont"),
+}
+
+
+@pytest.mark.parametrize("make, error, message", BAD_SOUNDFONTS.values(), ids=BAD_SOUNDFONTS.keys())
+def test_a_soundfont_fluidsynth_cannot_load_stops_the_build_before_rendering(tmp_path, monkeypatch, make, error,
+                                                                            message):
+    def no_render(task):
+        raise AssertionError("rendering started")
+
+    monkeypatch.setattr(corpus, "_render_task", no_render)
+    soundfont = tmp_path / "font.sf2"
+    make(soundfont)
+    config = CorpusConfig(**{**TINY, "classes": ["bach_chorale"], "pieces_per_class": 1, "soundfont": str(soundfont)})
+    with pytest.raises(error, match=message) as err:
+        build_corpus(config, tmp_path / "out", progress=False)
+    assert str(soundfont) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()

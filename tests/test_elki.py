@@ -1,7 +1,10 @@
 """The ELKI wrapper, run against the real ELKI jar (Debian 0.7.1): results, input order, errors."""
 
+import math
 import os
+import re
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from cml import elki
+from cml.errors import CmlError
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +102,6 @@ def test_duplicate_points(blobs):
         assert len(labels) == len(Xd)
         np.testing.assert_array_equal(labels[:10], labels[-10:])
         np.testing.assert_array_equal(labels[:10], labels[90:100])
-    with pytest.raises(ValueError, match="only 2 distinct points"):
-        elki.kmeans(np.repeat(X[:2], 5, axis=0), 3)
 
 
 def test_nan_rejected_before_java_starts(blobs, monkeypatch):
@@ -122,16 +124,88 @@ def test_missing_jar_and_java(blobs, monkeypatch, tmp_path):
         elki.kmeans(blobs[0], 3)
 
 
-def test_k_larger_than_n(blobs):
-    with pytest.raises(ValueError, match="k=91 clusters asked for, but there are only 90 points"):
-        elki.hierarchical(blobs[0], "single", k=91)
+@pytest.fixture
+def no_jvm(monkeypatch, tmp_path):
+    """ELKI cannot be found and no process may start: a bad call must be refused by our own checks."""
+    monkeypatch.setenv(elki.ELKI_JAR_ENV, str(tmp_path / "no-elki.jar"))  # find_elki() raises ElkiError
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("a JVM was started")
+
+    monkeypatch.setattr(elki.subprocess, "run", no_process)
 
 
-def test_elki_configuration_errors_are_shown_verbatim(blobs):
+X10 = np.random.default_rng(0).normal(size=(10, 3))
+BAD_CALLS = {
+    "empty X": (lambda: elki.kmeans(X10[:0], 2), r"non-empty 2-D array .* shape \(0, 3\)"),
+    "1-D X": (lambda: elki.dbscan(X10[0], eps=1.0), r"non-empty 2-D array .* shape \(3,\)"),
+    "k=0": (lambda: elki.hierarchical(X10, k=0), r"k=0 must be an integer from 1 to 10 \(the number of points\)"),
+    "k>n": (lambda: elki.hierarchical(X10, k=11), r"k=11 must be an integer from 1 to 10"),
+    "k not an integer": (lambda: elki.hierarchical(X10, k=2.5), r"k=2.5 must be an integer"),
+    "k>distinct": (lambda: elki.kmeans(np.repeat(X10[:2], 5, axis=0), 3),
+                   r"k=3 must be an integer from 1 to 2 .*no more than the 2 distinct ones"),
+    "k=n k-means": (lambda: elki.kmeans(X10, 10), r"k=10 must be an integer from 1 to 9 .*fewer clusters than the 10"),
+    "k=0 k-means": (lambda: elki.kmeans(X10, 0), r"k=0 must be an integer"),
+    "k and height": (lambda: elki.hierarchical(X10, k=2, height=1.0), "exactly one of k"),
+    "no k, no height": (lambda: elki.hierarchical(X10), "exactly one of k"),
+    "negative height": (lambda: elki.hierarchical(X10, height=-0.5), r"height=-0.5 must be a finite number >= 0"),
+    "inf height": (lambda: elki.hierarchical(X10, height=math.inf), r"height=inf must be a finite number"),
+    "NaN height": (lambda: elki.hierarchical(X10, height=math.nan), r"height=nan must be a finite number"),
+    "unknown linkage": (lambda: elki.hierarchical(X10, "median", k=2), "linkage must be one of"),
+    "SLINK with Ward": (lambda: elki.hierarchical(X10, "ward", k=2, slink=True), "SLINK is single linkage only"),
+    "eps=0": (lambda: elki.dbscan(X10, eps=0.0), r"eps=0.0 must be a finite number > 0"),
+    "inf eps": (lambda: elki.dbscan(X10, eps=math.inf), r"eps=inf must be a finite number > 0"),
+    "NaN eps": (lambda: elki.dbscan(X10, eps=math.nan), r"eps=nan must be a finite number > 0"),
+    "DBSCAN min_pts=0": (lambda: elki.dbscan(X10, eps=1.0, min_pts=0), r"min_pts=0 must be an integer from 1"),
+    "DBSCAN min_pts>n": (lambda: elki.dbscan(X10, eps=1.0, min_pts=11), r"min_pts=11 must be an integer from 1 to 10"),
+    "HDBSCAN min_pts=1": (lambda: elki.hdbscan(X10, min_pts=1), r"min_pts=1 must be an integer from 2"),
+    "HDBSCAN min_pts>n": (lambda: elki.hdbscan(X10, min_pts=11), r"min_pts=11 must be an integer from 2 to 10"),
+    "min_cluster_size=0": (lambda: elki.hdbscan(X10, min_cluster_size=0), r"min_cluster_size=0 must be >= 1"),
+    "unknown variant": (lambda: elki.kmeans(X10, 2, variant="macqueen"), "variant must be one of"),
+    "max_iter<0": (lambda: elki.kmeans(X10, 2, max_iter=-1), r"max_iter=-1 must be >= 0"),
+}
+
+
+@pytest.mark.parametrize("call, message", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_parameters_elki_cannot_take_are_refused_before_java_starts(no_jvm, call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_elki_takes_the_largest_values_we_allow():
+    assert (elki.dbscan(X10, eps=0.1, min_pts=10).labels == -1).all()
+    assert len(elki.hdbscan(X10, min_pts=10, min_cluster_size=2).labels) == 10
+    assert len(np.unique(elki.hierarchical(X10, k=10).labels)) == 10
+    assert len(elki.kmeans(X10, 9).labels) == 10
+
+
+ELKI_FAILURES = {  # args that pass our checks, ELKI's reason in the one-line message, what the log adds
+    "unknown class": (["-algorithm", "NoSuchClusteringAlgorithm"],
+                      r"Wrong value of parameter algorithm\. Read: NoSuchClusteringAlgorithm\..*"
+                      r"Class 'NoSuchClusteringAlgorithm' not found for given value\..*", 1, "Known classes"),
+    "Java exception": (["-algorithm", "lloyd", "-kmeans.k", "30"],  # more clusters than rows
+                       r"java\.lang\.IllegalArgumentException: Illegal value for size of random sample: 30 > 10 or < 0",
+                       0, "\tat de.lmu.ifi.dbs.elki."),
+    "unknown option": (["-algorithm", "lloyd", "-kmeans.k", "3", "-no-such-option"],
+                       r"The following parameters were not processed: \[-no-such-option\]", 0, "-no-such-option"),
+}
+
+
+@pytest.mark.parametrize("args, reason, code, logged", ELKI_FAILURES.values(), ids=ELKI_FAILURES.keys())
+def test_elki_failures_come_back_as_one_line_with_a_log_of_everything(monkeypatch, tmp_path, args, reason, code,
+                                                                     logged):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = [elki.find_elki().cls(a) if a == "lloyd" else a for a in args]
     with pytest.raises(elki.ElkiError) as err:
-        elki.run_elki(blobs[0], ["-algorithm", "NoSuchClusteringAlgorithm"])
-    assert "NoSuchClusteringAlgorithm" in str(err.value)
-    assert "Stopping execution because of configuration errors" in str(err.value)  # ELKI's own words
+        elki.run_elki(X10, args)
+    assert isinstance(err.value, CmlError) and isinstance(err.value, RuntimeError)  # exit code 1 in the CLI
+    message = str(err.value)
+    found = re.fullmatch(rf"ELKI failed: {reason} \(exit code {code}; full output in (\S+)\)", message)
+    assert found, message
+    assert "->" not in message and "\tat " not in message  # ELKI's class list and stack trace stay in the log
+    log_file = Path(found[1])
+    assert log_file.parent == tmp_path and log_file.name.startswith("cml-elki-")  # the system temp dir
+    assert logged in log_file.read_text()
 
 
 def test_heap_sizing():

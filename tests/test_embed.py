@@ -1,4 +1,3 @@
-import argparse
 import json
 
 import numpy as np
@@ -7,12 +6,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from cml import embed as embed_mod
-from cml import evaluation
-from cml.audio import MelConfig
+from cml.audio import MelConfig, track_logmel
+from cml.cli import main
 from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.embed import (centre_crop, crop_embeddings, embed_tracks, estimate_normalizer, load_model,
                        parse_overrides)
+from cml.errors import UsageError
 from cml.model import EncoderConfig
 from cml.tables import read_feature_table
 
@@ -112,7 +111,7 @@ def test_untrained_baseline_of_every_variant(variant, tracks):
 def test_load_model_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown variant"):
         load_model("untrained:rope3d")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UsageError, match="checkpoint not found"):
         load_model(str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="--set only applies"):
         load_model(str(tmp_path / "nope.pt"), overrides={"dim": 8})
@@ -124,7 +123,7 @@ def test_load_model_errors(tmp_path):
 
 def test_estimate_normalizer_standardises(tracks):
     norm = estimate_normalizer(tracks["path"], MelConfig(), seed=0)
-    x = torch.cat([embed_mod.track_logmel(p) for p in tracks["path"]], dim=1)
+    x = torch.cat([track_logmel(p) for p in tracks["path"]], dim=1)
     z = norm(x)
     assert abs(z.mean().item()) < 1e-3 and abs(z.std().item() - 1) < 1e-3
 
@@ -144,17 +143,8 @@ def test_crop_embeddings(encoder, tracks):
     assert centre_crop(x, 4).tolist() == [3.0, 4.0, 5.0, 6.0] and centre_crop(x, 20).tolist() == x.tolist()
 
 
-def _parser():
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(required=True)
-    embed_mod.register_cli(sub)
-    evaluation.register_cli(sub)
-    return parser
-
-
 def _run(argv):
-    args = _parser().parse_args(argv)
-    return args.func(args)
+    return main(argv)
 
 
 def test_cli_round_trip_from_folder(tmp_path, capsys):
@@ -177,7 +167,7 @@ def test_cli_round_trip_from_folder(tmp_path, capsys):
     assert len(report) == 1 and report["path"].iloc[0].endswith("notes.txt")
 
     metrics_path = tmp_path / "metrics.json"
-    assert _run(["evaluate", str(out), "--out", str(metrics_path), "--test-fraction", "0.5"]) == 0
+    assert _run(["evaluate", str(out), "--out", str(metrics_path), "--test-fraction", "0.5", "--k", "3"]) == 0
     metrics = json.loads(metrics_path.read_text())
     assert {"knn_acc", "linear_acc", "nmi", "ari"} <= set(metrics)
     assert metrics["n_test"] == 4 and metrics["notes"]["unlabelled"].startswith("1 rows")
@@ -210,7 +200,7 @@ def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
     assert _run(["embed", str(ckpt), str(tmp_path), "--tracks", str(tmp_path / "tracks.csv"),
                  "--out", str(out)]) == 2
     assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(out),
-                 "--set", "dim=8"]) == 1
+                 "--set", "dim=8"]) == 2
 
 
 def test_untrained_baseline_takes_the_trained_model_size_from_params(tmp_path):

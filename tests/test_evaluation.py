@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from cml import evaluation
 from cml.evaluation import (evaluate_embeddings, kmeans_agreement, leave_group_out_knn_accuracy,
@@ -122,18 +121,13 @@ def test_cli_spotify_csv_with_split_file_and_fallback(tmp_path):
     assert set(json.loads(out.read_text())["notes"]) == set(evaluation.METRIC_KEYS)
 
 
-def test_cli_uses_the_tables_own_split_and_reports_bad_input(tmp_path, capsys):
+def test_cli_uses_the_tables_own_split(tmp_path):  # bad input: tests/test_cli_domains.py
     X, y, split = blobs(classes=2)
     ids = [f"t{i}" for i in range(len(X))]
     write_feature_table(tmp_path / "emb.parquet", ids, X, labels=y, extra={"split": split})
     out = tmp_path / "metrics.json"
     assert _run(["evaluate", str(tmp_path / "emb.parquet"), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["n_test"] == 14
-    pd.DataFrame({"id": ["other"], "split": ["test"]}).to_csv(tmp_path / "tracks.csv", index=False)
-    assert _run(["evaluate", str(tmp_path / "emb.parquet"), "--out", str(out),
-                 "--split", str(tmp_path / "tracks.csv")]) == 1
-    assert "no id of" in capsys.readouterr().err
-    assert _run(["evaluate", str(tmp_path / "missing.parquet"), "--out", str(out)]) == 1
 
 
 def test_leave_group_out_knn_keeps_a_query_s_own_group_out_of_the_vote():

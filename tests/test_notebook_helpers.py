@@ -5,6 +5,7 @@ import matplotlib
 import numpy as np
 import pytest
 
+from cml.errors import UsageError
 from cml.evaluation import knn_accuracy, lead_program, majority_rate, style_timbre_probe
 from cml.notebook import find_repo_root, save_figure, write_metrics
 from cml.params import load_params
@@ -48,10 +49,16 @@ def test_load_params_sections_and_errors(tmp_path):
     path.write_text("a:\n  x: 1\nb:\n")
     assert load_params(path, "a") == {"x": 1}
     assert load_params(path, "b") == {}
-    with pytest.raises(KeyError, match="no 'c' section"):
+    with pytest.raises(UsageError, match="no 'c' section"):
         load_params(path, "c")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(UsageError, match="params file not found"):
         load_params(tmp_path / "missing.yaml")
+    path.write_text("a: [1\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_params(path, "a")
+    path.write_text("a: 3\n")
+    with pytest.raises(UsageError, match="must be a mapping"):
+        load_params(path, "a")
 
 
 def test_knn_accuracy_separable_and_chance():

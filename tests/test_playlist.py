@@ -303,7 +303,7 @@ def test_m3u8_and_csv_content(tmp_path, monkeypatch):
         write_playlist(frame, tmp_path / "list.txt")
 
 
-# ---- CLI and bad input ----
+# ---- CLI (bad input: tests/test_cli_domains.py) ----
 
 def spotify_csv(tmp_path: Path) -> Path:
     X, labels = blobs(n=60, d=5, centers=3, seed=5)
@@ -343,38 +343,14 @@ def test_cli_journey(tmp_path):
     assert ids[0] == "sp000" and ids[-1] == "sp059" and len(ids) == 6
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--seeds", "sp001,nope,also-missing", "--length", "5"], "unknown seed ids: nope, also-missing"),
-    (["--seeds", "sp001", "--length", "0"], "length must be positive"),
-    (["--seeds", "sp001", "--length", "-3"], "length must be positive"),
-    (["--seeds", " , ", "--length", "5"], "--seeds is empty"),
-    (["--seeds", "sp001,sp002,sp003", "--length", "2"], "shorter than the 3 seed"),
-])
-def test_cli_bad_input_gives_a_clear_error(tmp_path, capsys, argv, message):
-    path = spotify_csv(tmp_path)
-    assert run_cli(["playlist", str(path), *argv, "--out", str(tmp_path / "p.csv")]) == 1
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "p.csv").exists()
-
-
-def test_cli_nan_rows_are_named_or_dropped(tmp_path, capsys):
-    path = spotify_csv(tmp_path)
-    frame = pd.read_csv(path)
-    frame.loc[7, "energy"] = np.nan
-    frame.to_csv(path, index=False)
-    argv = ["playlist", str(path), "--seeds", "sp001,sp002", "--length", "4", "--out", str(tmp_path / "p.csv")]
-    assert run_cli(argv) == 1
-    assert "NaN or inf features in 1 rows, ids: sp007" in capsys.readouterr().err
-    assert run_cli([*argv, "--drop-invalid"]) == 0
-    assert "sp007" not in pd.read_csv(tmp_path / "p.csv")["id"].tolist()
-
-
 def test_api_errors_are_clear():
     X = np.eye(4)
-    with pytest.raises(PlaylistError, match="unknown seed ids: x"):
+    with pytest.raises(PlaylistError, match="unknown seed ids: 'x'"):
         resolve_ids(["a", "b"], ["a", "x"])
     with pytest.raises(PlaylistError, match="length must be positive"):
         build_playlist(X, [0], 0)
+    with pytest.raises(PlaylistError, match="margin must be a finite number >= 0, got nan"):
+        build_playlist(X, [0], 2, margin=float("nan"))
     with pytest.raises(PlaylistError, match="unknown mode"):
         build_playlist(X, [0], 2, mode="sphere")
     with pytest.raises(PlaylistError, match="dim must be at least 1"):

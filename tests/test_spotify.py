@@ -7,6 +7,7 @@ loopback, and the tests check that the fake saw the requests.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -277,13 +278,14 @@ def test_pkce_login_through_the_redirect_uri_writes_a_0600_cache(fake, tmp_path,
 
 def test_token_cache_is_0600_even_over_a_world_readable_file(tmp_path, caplog):
     path = tmp_path / "cache.json"
-    path.write_text('{"access_token": "x"}')
+    x, y = ({"access_token": a, "refresh_token": "r", "scope": SCOPE, "expires_at": 1} for a in "xy")
+    path.write_text(json.dumps(x))
     os.chmod(path, 0o644)
-    assert TokenCache(path).get_cached_token() == {"access_token": "x"}
+    assert TokenCache(path).get_cached_token() == x
     assert mode(path) == 0o600 and "readable by others" in caplog.text
     os.chmod(path, 0o644)
-    TokenCache(path).save_token_to_cache({"access_token": "y"})
-    assert mode(path) == 0o600 and TokenCache(path).get_cached_token() == {"access_token": "y"}
+    TokenCache(path).save_token_to_cache(y)
+    assert mode(path) == 0o600 and TokenCache(path).get_cached_token() == y
 
 
 def test_gitignore_covers_the_token_cache_and_dotenv():
@@ -417,5 +419,7 @@ def test_cli_pull_then_push(fake, tmp_path, monkeypatch, capsys):
     assert playlist["items"][-1] == track_id(200) and len(playlist["items"]) == 131
 
     fake.fail("GET", "/v1/me/tracks", 200, body=b"<html>")
-    assert run_cli("spotify", "pull", "--saved", "--out", str(tmp_path / "x.csv"), *common) == 1
+    with pytest.raises(SpotifyError, match="malformed JSON") as failed:  # cml.cli.main prints it, exit code 1
+        run_cli("spotify", "pull", "--saved", "--out", str(tmp_path / "x.csv"), *common)
+    assert failed.value.exit_code == 1
     assert not (tmp_path / "x.csv").exists()
