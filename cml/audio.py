@@ -463,7 +463,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """Add `cml scan AUDIO_DIR --report skipped.csv [--out tracks.csv]`."""
-    p = subparsers.add_parser("scan", help="find usable audio files and report the ones skipped")
+    p = subparsers.add_parser("scan")
     p.add_argument("audio_dir", help="folder tree of audio files; first sub-folder = label")
     p.add_argument("--report", required=True, help="CSV of skipped files (path, reason)")
     p.add_argument("--out", help="CSV of usable tracks (id, path, label, duration, ...)")

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from cml.params import build
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 class AugmentConfig:
     """Each augmentation: a probability (0 turns it off) and its range.
 
-    The defaults are deliberately mild: with the ~200 steps the default budget allows, stronger settings
+    The defaults are deliberately mild: with the few hundred steps the default budget allows, stronger settings
     (12 dB gain/tilt, SNR down to 5 dB, two masks of each kind, filter_p 0.3) kept the training loss near
     its chance level ln(2N - 1) on the default corpus, while these let it fall steadily.
     """
@@ -56,12 +58,9 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "AugmentConfig":
         d = dict(d or {})
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown augmentation keys: {sorted(unknown)}")
         if "snr_db" in d:
             d["snr_db"] = tuple(float(v) for v in d["snr_db"])
-        return cls(**d)
+        return build(cls, d, "train.augment")
 
     @classmethod
     def off(cls) -> "AugmentConfig":

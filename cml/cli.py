@@ -1,9 +1,9 @@
 """The `cml` command: one entry point, one sub-command per stage of the project.
 
-Each module that offers a sub-command exposes `register_cli(subparsers)`; this file only wires them up
-and owns the one error path (`cml.errors`): a user mistake ends as one line on stderr,
-``cml COMMAND: error: ...``, with exit code 2 (usage) or 1 (runtime), and no traceback unless
-``--debug`` or ``CML_DEBUG=1`` asks for it.
+A sub-command's module is imported only when that command runs (`cml --help` and `cml scan` do not load
+torch, scikit-learn or spotipy); each such module exposes `register_cli(subparsers)`. This file also owns
+the one error path (`cml.errors`): a user mistake ends as one line on stderr, ``cml COMMAND: error: ...``,
+with exit code 2 (usage) or 1 (runtime), and no traceback unless ``--debug`` or ``CML_DEBUG=1`` asks.
 """
 from __future__ import annotations
 
@@ -15,10 +15,20 @@ import sys
 
 from cml.errors import CmlError, one_line
 
-# Modules that contribute sub-commands, in the order `cml --help` lists them.
-COMMAND_MODULES = (
-    "corpus", "audio", "dataset", "features", "train", "embed", "evaluation", "clustering", "playlist", "spotify",
-)
+# command: (the module that registers and runs it, its line in `cml --help`), in the order listed there
+COMMANDS = {
+    "corpus": ("corpus", "render the built-in music21 corpus to labelled FLAC files"),
+    "scan": ("audio", "find usable audio files and report the ones skipped"),
+    "tracks": ("dataset", "build the track table (audio source, labels, split, skip report)"),
+    "features": ("features", "handcrafted descriptors and the MFCC/chroma/contrast baseline per track"),
+    "train": ("train", "train a contrastive encoder (one positional variant)"),
+    "embed": ("embed", "one embedding per track (full-length pass) as a feature table"),
+    "evaluate": ("evaluation", "k-NN, linear-probe, NMI and ARI of a feature table"),
+    "cluster": ("clustering", "cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)"),
+    "playlist": ("playlist", "a playlist from the convex hull of seed tracks in a feature table"),
+    "spotify": ("spotify", "pull track data from Spotify, push playlists to it"),
+    "params": ("recipe", "print a study's effective parameters: the recipe's defaults with params.yaml's overrides"),
+}
 DEBUG_ENV = "CML_DEBUG"
 
 
@@ -29,15 +39,29 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Commands:
+    """The sub-parsers action, handing each command its line of `cml --help`."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, help=COMMANDS[name][1], **kwargs)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (the others are listed with their help line)."""
     parser = _Parser(
         prog="cml", description="Contrastive Music Learning.",
         epilog="exit codes: 0 ok, 1 runtime failure (an input cannot be used), 2 usage error, 130 interrupted")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help=f"print the traceback of an error (or {DEBUG_ENV}=1)")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"cml.{name}").register_cli(subparsers)
+    subparsers = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    for name, (module, _) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(f"cml.{module}").register_cli(subparsers)
+        else:
+            subparsers.add_parser(name)
     return parser
 
 
@@ -57,7 +81,8 @@ def _describe(err: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

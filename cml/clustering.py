@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 from cml import elki
 from cml.errors import UsageError, check_input_file, check_output, count, non_negative, non_negative_int, positive
-from cml.tables import LABEL_COLUMN, FeatureTable, FeatureTableError, _names, read_feature_table, standardise
+from cml.neighbours import l2_normalise
+from cml.tables import LABEL_COLUMN, FeatureTable, FeatureTableError, preview, read_feature_table, standardise
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,27 @@ SILHOUETTE_SAMPLE = 5000
 
 
 @dataclass
+class ClusterTestingConfig:
+    """The ClusterTesting notebook (stage `cluster_testing`): every feature space x every method."""
+
+    methods: list = field(default_factory=lambda: list(METHODS))
+    embeddings: str | list = "all"  # all: every folder under outputs/embeddings plus handcrafted; or names
+    elki_embeddings: str | list = "trained"  # spaces the elki-* methods run on (a JVM per call): all, trained, names
+    k: Optional[int] = None  # clusters for k-means and hierarchical cuts; None: the number of true labels
+    split: str = "all"  # all tracks (clustering sees no labels), or test: the held-out split only
+    seed: int = 0
+    medoids_per_cluster: int = 2  # tracks to listen to per cluster
+    audio_seconds: float = 6.0  # excerpt length, from the middle of each track
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        if self.split not in ("all", "test"):
+            raise ValueError(f"split must be 'all' or 'test', got {self.split!r}")
+
+
+@dataclass
 class ClusterResult:
     """Labels in input order (noise = -1) and how they were made."""
 
@@ -62,12 +84,6 @@ class ClusterResult:
     params: dict = field(default_factory=dict)  # the parameters actually used (eps, k, seed, ...)
     linkage: np.ndarray | None = None  # scipy-style dendrogram, ELKI hierarchical methods on request
     seconds: float = 0.0
-
-
-def l2_normalise(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; all-zero rows stay zero (they have no direction; see `check_directions`)."""
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms > 0, norms, 1.0)
 
 
 def take_rows(table: FeatureTable, rows: np.ndarray) -> FeatureTable:
@@ -86,7 +102,7 @@ def check_directions(table: FeatureTable, source: object, *, drop_invalid: bool 
     if not zero.any():
         return table
     message = (f"{source}: {zero.sum()} rows of length zero have no direction to L2-normalise, "
-               f"ids: {_names(table.ids[zero])}")
+               f"ids: {preview(table.ids[zero])}")
     if not drop_invalid:
         raise FeatureTableError(f"{message} (drop_invalid=True drops them)")
     log.warning("%s: dropped", message)
@@ -442,8 +458,7 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """``cml cluster FILE --method M [--k K] [--out FILE.csv] [--metrics FILE.json]``."""
-    p = subparsers.add_parser("cluster", help="cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser("cluster", description=__doc__.split("\n\n")[0])
     add_table_arguments(p)
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--k", type=count, help="number of clusters (default: number of distinct labels)")

@@ -19,9 +19,10 @@ import io
 import logging
 import multiprocessing
 import re
+import shutil
 import warnings
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ import soundfile as sf
 from tqdm import tqdm
 
 from cml.errors import CmlError, check_input_file, check_output, one_line
-from cml.params import parse_section
+from cml.params import Study, build, load_config, parse_section
+from cml.sources import resolve_audio_dir
 
 # music21 and pretty_midi are imported where they are used: music21 alone takes ~1 s to import,
 # which `cml --help` and every other stage should not pay.
@@ -42,6 +44,8 @@ METADATA = "<metadata>"  # composer rule: the score's metadata, "anonymous" wher
 
 # One row per rendering: `piece` names the score, `draw` its instrument draw (id = piece, or piece__draw<k>).
 MANIFEST_COLUMNS = ["id", "piece", "draw", "path", "label", "composer", "title", "duration", "source", "programs"]
+SKIPPED_COLUMNS = ["source", "reason"]
+NOT_RENDERED = "not_rendered.txt"  # written instead of audio when the study runs on the user's own audio
 PEAK = 0.9  # peak level after normalisation: headroom so PCM_16 never clips
 FADE_SECONDS = 0.5  # fade-out at the end of every excerpt, so a cut mid-note does not click
 SILENCE = 1e-3  # trailing samples below this (after normalisation) are trimmed
@@ -110,7 +114,7 @@ class CorpusConfig:
     soundfont: str | None = None  # .sf2 path; None = TimGM6mb.sf2, the GM font pretty_midi ships
     instrumentation: str = "shared_pool"  # "shared_pool": programs from program_pool; "score": the score's own
     program_pool: list[int] = field(default_factory=lambda: list(PROGRAM_POOL))
-    draws: int = 1  # instrument draws per piece; draw k > 0 is written as <id>__draw<k>.flac
+    draws: int = 2  # instrument draws per piece (positive pairs across timbre); draw k > 0 is <id>__draw<k>.flac
     seed: int = 0  # piece selection and instrument draws
     workers: int = 2  # processes; the output does not depend on it
 
@@ -132,12 +136,7 @@ class CorpusConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> CorpusConfig:
         """Build from the ``corpus:`` section of params.yaml; a misspelt key is an error, not a default."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown corpus keys {unknown}; allowed keys: {sorted(known)}")
-        return cls(**d)
+        return build(cls, d, "'corpus'")
 
 
 @dataclass(frozen=True)
@@ -438,7 +437,7 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, progress: bool = Tru
 
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values(["label", "id"], ignore_index=True)
     manifest.to_csv(out_dir / "manifest.csv", index=False)
-    pd.DataFrame(skipped, columns=["source", "reason"]).to_csv(out_dir / "skipped.csv", index=False)
+    pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).to_csv(out_dir / "skipped.csv", index=False)
     for label, missing in needed.items():
         if missing:
             log.warning("%s: only %d pieces (ran out of candidates)", label, config.pieces_per_class - missing)
@@ -457,13 +456,31 @@ def _warn_stale(out_dir: Path, manifest: pd.DataFrame) -> None:
 
 def _cli(args: argparse.Namespace) -> int:
     config = parse_section(args.params, "corpus", CorpusConfig.from_dict)  # a UsageError names the mistake
-    manifest = build_corpus(config, check_output(args.out, folder=True))
+    study = load_config(args.params, "study", Study)
+    out = check_output(args.out, folder=True)
+    source, audio_dir = resolve_audio_dir(study.audio, out, Path(args.data))
+    if source == "data":
+        write_not_rendered(out, f"study.audio is {study.audio!r} and {audio_dir} holds audio: the pipeline runs on it")
+        return 0
+    (out / NOT_RENDERED).unlink(missing_ok=True)
+    manifest = build_corpus(config, out)
     print(manifest.groupby("label").size().to_string())
     return 0
 
 
+def write_not_rendered(out_dir: Path, reason: str) -> None:
+    """An empty corpus (manifest and skip report with their headers) and the reason it was not rendered."""
+    shutil.rmtree(out_dir / "audio", ignore_errors=True)
+    pd.DataFrame(columns=MANIFEST_COLUMNS).to_csv(out_dir / "manifest.csv", index=False)
+    pd.DataFrame(columns=SKIPPED_COLUMNS).to_csv(out_dir / "skipped.csv", index=False)
+    (out_dir / NOT_RENDERED).write_text(reason + "\n")
+    log.info("corpus not rendered: %s", reason)
+
+
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("corpus", help="render the built-in music21 corpus to labelled FLAC files")
+    p = subparsers.add_parser("corpus")
     p.add_argument("--params", default="params.yaml", help="YAML file with a 'corpus' section")
+    p.add_argument("--data", default="data", help="user data folder: no corpus is rendered when the study runs on "
+                                                   "its audio (study.audio)")
     p.add_argument("--out", default="outputs/corpus", help="output directory")
     p.set_defaults(func=_cli)

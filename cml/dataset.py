@@ -15,50 +15,25 @@ import pandas as pd
 
 from cml.audio import scan_audio, write_skip_report
 from cml.errors import CmlError, check_output
-from cml.params import parse_section
+from cml.params import Study, load_config
+from cml.sources import resolve_audio_dir
 from cml.split import split_tracks
 from cml.tables import TRACK_TEXT_COLUMNS, read_csv_text_ids
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "corpus", "data")
 # Columns of the corpus manifest carried over into the track table.
 MANIFEST_COLUMNS = ("piece", "draw", "composer", "title", "source", "programs")
 
 
 @dataclass
 class TracksConfig:
-    source: str = "auto"  # auto: data/audio when it holds files, else the rendered corpus
     min_duration: float = 2.0  # seconds; shorter files are skipped with a reason
     silence_db: float = -60.0  # files whose peak stays below this (dBFS) are skipped as silent
     train: float = 0.7  # split fractions, by track, stratified by label
     val: float = 0.15
     test: float = 0.15
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TracksConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown keys in the 'tracks' params: {sorted(unknown)}")
-        config = cls(**d)
-        if config.source not in SOURCES:
-            raise ValueError(f"tracks.source must be one of {SOURCES}, got {config.source!r}")
-        return config
-
-
-def has_audio_files(folder: Path) -> bool:
-    """True when the folder holds any non-hidden file (the user has put their own audio there)."""
-    return folder.is_dir() and any(
-        p.is_file() and not p.name.startswith(".") for p in folder.rglob("*")
-    )
-
-
-def resolve_audio_dir(source: str, corpus_dir: Path, data_dir: Path) -> tuple[str, Path]:
-    user_audio = data_dir / "audio"
-    if source == "data" or (source == "auto" and has_audio_files(user_audio)):
-        return "data", user_audio
-    return "corpus", corpus_dir / "audio"
 
 
 def attach_manifest(tracks: pd.DataFrame, corpus_dir: Path) -> pd.DataFrame:
@@ -88,10 +63,11 @@ def portable_path(path: str | Path) -> str:
 
 
 def build_tracks(
-    config: TracksConfig, corpus_dir: Path, data_dir: Path, progress: bool = True
+    config: TracksConfig, corpus_dir: Path, data_dir: Path, audio: str = "auto", progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """Scan the chosen audio folder and return (tracks with split, skipped files, source used)."""
-    source, audio_dir = resolve_audio_dir(config.source, corpus_dir, data_dir)
+    """Scan the audio folder `audio` (a `study.audio` value) selects; return (tracks with split, skipped files,
+    source used)."""
+    source, audio_dir = resolve_audio_dir(audio, corpus_dir, data_dir)
     log.info("reading audio from %s (source: %s)", audio_dir, source)
     scan = scan_audio(
         audio_dir, min_duration=config.min_duration, silence_db=config.silence_db, progress=progress
@@ -110,9 +86,10 @@ def build_tracks(
 
 
 def run_tracks(args: argparse.Namespace) -> int:
-    config = parse_section(args.params, "tracks", TracksConfig.from_dict)
+    config = load_config(args.params, "tracks", TracksConfig)
+    study = load_config(args.params, "study", Study)
     out = check_output(args.out, folder=True)
-    tracks, skipped, source = build_tracks(config, Path(args.corpus), Path(args.data))
+    tracks, skipped, source = build_tracks(config, Path(args.corpus), Path(args.data), study.audio)
     tracks.to_csv(out / "tracks.csv", index=False)
     write_skip_report(skipped, out / "skipped.csv")
     log.info(
@@ -126,10 +103,8 @@ def run_tracks(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tracks", help="build the track table (audio source, labels, split, skip report)"
-    )
-    p.add_argument("--params", default="params.yaml")
+    p = subparsers.add_parser("tracks")
+    p.add_argument("--params", default="params.yaml", help="reads its tracks and study sections")
     p.add_argument("--corpus", default="outputs/corpus", help="rendered default corpus folder")
     p.add_argument("--data", default="data", help="user data folder (audio under data/audio)")
     p.add_argument("--out", default="outputs/tracks")

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cml.audio import MelConfig, scan_audio, track_logmel
-from cml.checkpoint import Normalizer, load_encoder, resolve_device, untrained_encoder
+from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, untrained_encoder
 from cml.model import Encoder, EncoderConfig
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line, positive
 from cml.tables import read_tracks, write_feature_table
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 MODES = ("full", "chunked")
 UNTRAINED = "untrained:"  # MODEL prefix of the random-init baseline
 CROP_MULTIPLES = (1, 2, 4, 8)
+TRAINING_CROP = 0.0  # --crops without a value (no valid crop is 0): the crop length the checkpoint was trained on
 NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
 NORM_SECONDS = 30.0  # seconds read from each of them
 SKIP_COLUMNS = ["id", "path", "reason"]
@@ -269,28 +270,29 @@ def parse_overrides(items: Sequence[str]) -> dict[str, object]:
     return out
 
 
-def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None,
-               device: str | torch.device = "cpu") -> tuple[Encoder, MelConfig, Optional[Normalizer]]:
+def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None, device: str | torch.device = "cpu",
+               frontend: MelConfig = MelConfig()) -> tuple[Encoder, MelConfig, Optional[Normalizer]]:
     """A checkpoint path, or `untrained:VARIANT` (random init from `seed`, EncoderConfig + `overrides`).
 
-    The untrained model comes with `MelConfig()` (at its n_mels) and no Normalizer: measure one with
-    `estimate_normalizer`. A checkpoint's architecture is never overridden.
+    The untrained model comes with the `frontend` log-mel (the encoder takes its n_mels) and no Normalizer:
+    measure one with `estimate_normalizer`. A checkpoint's architecture and front end are never overridden.
     """
     if spec.startswith(UNTRAINED):
-        cfg = EncoderConfig(variant=spec[len(UNTRAINED):], **(overrides or {}))
-        return untrained_encoder(cfg, seed).to(device), MelConfig(n_mels=cfg.n_mels), None
+        cfg = EncoderConfig(**{"n_mels": frontend.n_mels, **(overrides or {}), "variant": spec[len(UNTRAINED):]})
+        return untrained_encoder(cfg, seed).to(device), frontend, None
     if overrides:
         raise ValueError("--set only applies to untrained:VARIANT; a checkpoint brings its own architecture")
     return load_encoder(spec, map_location=device)
 
 
-def model_params(params_file: Optional[str]) -> dict:
-    """The `train.model` overrides of a params file: an untrained baseline must match the trained size."""
+def study_model(params_file: Optional[str]) -> tuple[dict, MelConfig]:
+    """The `model` overrides and the `frontend` of a params file: an untrained baseline must match the trained
+    encoders' size and input."""
     if not params_file:
-        return {}
-    from cml.params import load_params
+        return {}, MelConfig()
+    from cml.params import load_config, load_params
 
-    return dict(load_params(params_file, "train").get("model") or {})
+    return dict(load_params(params_file, "model")), load_config(params_file, "frontend", MelConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,14 +332,19 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise UsageError("--mode chunked needs --window-seconds")
     device = resolve_device(args.device)
     _outputs(args)
+    untrained = args.model.startswith(UNTRAINED)
+    model, frontend = study_model(args.params) if untrained else ({}, MelConfig())
     try:
-        overrides = {**model_params(args.params), **parse_overrides(args.set)} \
-            if args.model.startswith(UNTRAINED) else parse_overrides(args.set)
-        encoder, mel_config, normalizer = load_model(args.model, args.seed, overrides, device)
+        overrides = {**model, **parse_overrides(args.set)} if untrained else parse_overrides(args.set)
+        encoder, mel_config, normalizer = load_model(args.model, args.seed, overrides, device, frontend)
     except (TypeError, ValueError) as err:
         if isinstance(err, CmlError):
             raise
         raise UsageError(f"{args.model}: {one_line(err)}") from err
+    if args.crops == TRAINING_CROP:
+        if untrained:
+            raise UsageError("--crops needs CROP_SECONDS with untrained:VARIANT (it has no training crop)")
+        args.crops = float(read_checkpoint(args.model)["train_config"]["crop_seconds"])
     tracks, scan_skipped = _read_tracks(args)
     if normalizer is None:
         pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
@@ -370,8 +377,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """Add `cml embed MODEL (AUDIO_DIR | --tracks tracks.csv) --out FILE`."""
-    p = subparsers.add_parser("embed", help="one embedding per track (full-length pass) as a feature table",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser("embed", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="checkpoint path, or untrained:VARIANT for the random-init baseline")
     p.add_argument("audio_dir", nargs="?", help="folder of audio, recursive; label = first sub-folder")
     p.add_argument("--tracks", help="track table (CSV with id, path, [label, split]) instead of AUDIO_DIR")
@@ -380,12 +386,13 @@ def register_cli(subparsers) -> None:
     p.add_argument("--mode", choices=MODES, default="full", help="one pass per track, or averaged windows")
     p.add_argument("--window-seconds", type=positive, help="window length of --mode chunked")
     p.add_argument("--max-seconds", type=positive, help="embed at most the first S seconds of each track")
-    p.add_argument("--crops", type=positive, metavar="CROP_SECONDS",
+    p.add_argument("--crops", type=positive, nargs="?", const=TRAINING_CROP, metavar="CROP_SECONDS",
                    help="length-extrapolation run: write OUT.{1x,2x,4x,8x,full}.parquet from centred crops "
-                        "of 1/2/4/8 x CROP_SECONDS and the full track")
+                        "of 1/2/4/8 x CROP_SECONDS (default: the checkpoint's training crop) and the full track")
     p.add_argument("--only-split", help="with --tracks: embed only the tracks of this split (e.g. test)")
     p.add_argument("--seed", type=int, default=0, help="weights of untrained:VARIANT (and its norm sample)")
-    p.add_argument("--params", help="untrained:VARIANT: take the model size from this file's train.model")
+    p.add_argument("--params", help="untrained:VARIANT: take the model size and the front end from this file's "
+                                   "model and frontend sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="untrained:VARIANT: override an EncoderConfig field (repeatable), e.g. --set dim=64")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")

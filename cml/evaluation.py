@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from cml.clustering import add_table_arguments, check_at_most, cluster, evaluate, l2_normalise, read_cli_table
+from cml.clustering import add_table_arguments, check_at_most, cluster, evaluate, read_cli_table
 from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
+from cml.neighbours import fit_knn, knn_accuracy, l2_normalise
 from cml.split import split_tracks
 from cml.tables import read_tracks
 
@@ -34,55 +34,12 @@ LINEAR_MAX_ITER = 5000  # lbfgs iterations of the linear probe; enough for 128-d
 TEST_FRACTION = 0.2  # test share of the CLI's fallback split
 
 
-def knn_accuracy(
-    X_train: np.ndarray,
-    y_train: np.ndarray,
-    X_test: np.ndarray,
-    y_test: np.ndarray,
-    k: int = 5,
-    metric: str = "cosine",
-) -> float:
-    """Accuracy of a k-nearest-neighbour vote (cosine by default), trained on one split, tested on another.
+@dataclass
+class EvaluateConfig:
+    """The Compare notebook (stage `evaluate`)."""
 
-    k is reduced to the training-set size when the training set is smaller, so tiny runs still score.
-    """
-    if len(X_train) == 0 or len(X_test) == 0:
-        return float("nan")
-    return float(np.mean(fit_knn(X_train, y_train, k, metric).predict(X_test) == np.asarray(y_test)))
-
-
-def fit_knn(X_train: np.ndarray, y_train: np.ndarray, k: int = 5, metric: str = "cosine") -> KNeighborsClassifier:
-    """The k-NN vote of `knn_accuracy`, fitted, to score several test sets against one reference."""
-    clf = KNeighborsClassifier(n_neighbors=max(1, min(k, len(X_train))), metric=metric, algorithm="brute")
-    return clf.fit(X_train, y_train)
-
-
-def leave_group_out_knn_accuracy(X: np.ndarray, y: np.ndarray, queries: np.ndarray,
-                                 groups: Optional[np.ndarray] = None, k: int = 5, block: int = 1024) -> float:
-    """Cosine k-NN accuracy of the `queries` rows, each voted on by its k nearest rows outside its own group.
-
-    A lower-variance companion of `knn_accuracy` for small test splits: on the default corpus the test
-    split holds 56 renderings (one track = 1.8 points), while the held-out val + test rows, each against
-    every other track, are 126. Groups keep what must not vote for itself out of the vote: the other
-    rendering of the same piece shares its notes and would make the task trivial. No group: plain
-    leave-one-out. Votes tie towards the first class in sorted order, as scikit-learn's do.
-    """
-    X = l2_normalise(np.asarray(X, dtype=np.float64))
-    classes, y_idx = np.unique(np.asarray(y).astype(str), return_inverse=True)
-    group_idx = np.arange(len(X)) if groups is None else pd.factorize(pd.Series(groups, dtype=object))[0]
-    rows = np.flatnonzero(np.asarray(queries, dtype=bool))
-    if len(rows) == 0:
-        return float("nan")
-    correct = 0
-    for chunk in np.array_split(rows, math.ceil(len(rows) / block)):
-        sim = X[chunk] @ X.T  # (c, n) cosine similarity
-        sim[group_idx[chunk][:, None] == group_idx[None, :]] = -np.inf  # the query's own group never votes
-        nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # (c, k)
-        valid = np.isfinite(np.take_along_axis(sim, nearest, axis=1))
-        votes = np.zeros((len(chunk), len(classes)))
-        np.add.at(votes, (np.repeat(np.arange(len(chunk)), nearest.shape[1]), y_idx[nearest].ravel()), valid.ravel())
-        correct += int(np.sum(votes.argmax(axis=1) == y_idx[chunk]))
-    return correct / len(rows)
+    knn_k: int = 5  # neighbours of the k-NN votes
+    seed: int = 0  # linear probe and k-means
 
 
 def lead_program(programs: str) -> str:
@@ -269,8 +226,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """Add `cml evaluate FILE --out metrics.json [--split tracks.csv]`."""
-    p = subparsers.add_parser("evaluate", help="k-NN, linear-probe, NMI and ARI of a feature table",
-                              description="k-NN accuracy (cosine), linear-probe accuracy and k-means NMI/ARI "
+    p = subparsers.add_parser("evaluate", description="k-NN accuracy (cosine), linear-probe accuracy and k-means NMI/ARI "
                                           "of a feature table, trained on train and scored on test.")
     add_table_arguments(p)
     p.add_argument("--out", required=True, help="metrics JSON to write")

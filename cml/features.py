@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import librosa
 import numpy as np
@@ -31,9 +32,9 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from tqdm.auto import tqdm
 
-from cml.audio import load_audio
+from cml.audio import MelConfig, load_audio
 from cml.errors import CmlError, check_input_file, check_output, one_line
-from cml.params import load_params
+from cml.params import load_config
 from cml.tables import read_tracks, write_feature_table
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,24 @@ HANDCRAFTED_COLUMNS = [
     f"{name}{i:02d}_{stat}" for name, rows in _BLOCKS for stat in ("mean", "std") for i in range(1, rows + 1)
 ]
 KINDS = ("describe", "handcrafted", "both")
+
+
+@dataclass
+class FeaturesConfig:
+    """The `features` stage (its sample rate is the front end's, `frontend.sample_rate`)."""
+
+    max_seconds: Optional[float] = 30.0  # analyse at most this much of each track (from its start); None: all
+
+
+@dataclass
+class DataAnalysisConfig:
+    """The DataAnalysis notebook."""
+
+    knn_k: int = 5  # k of the k-NN probe of style vs timbre
+    projection: str = "tsne"  # tsne or pca for the 2-D map
+    examples_per_class: int = 1  # audio players per class
+    example_seconds: float = 8.0
+    seed: int = 0
 
 
 def _check_wave(wave: np.ndarray, sr: int) -> np.ndarray:
@@ -317,13 +336,12 @@ def class_summary(
 
 def run_features(args: argparse.Namespace) -> int:
     """The `features` stage: descriptors for the analysis and the handcrafted baseline as a feature table."""
-    params = load_params(args.params, "features")
+    config = load_config(args.params, "features", FeaturesConfig)
+    frontend = load_config(args.params, "frontend", MelConfig)
     tracks = read_tracks(check_input_file(args.tracks, "tracks table"))
     out = check_output(args.out, folder=True)
-    features, skipped = extract_features(
-        tracks, sample_rate=params.get("sample_rate", 16000), max_seconds=params.get("max_seconds"),
-        kind="both",
-    )
+    features, skipped = extract_features(tracks, sample_rate=frontend.sample_rate, max_seconds=config.max_seconds,
+                                         kind="both")
     features[["id", *DESCRIBE_COLUMNS]].to_parquet(out / "descriptors.parquet", index=False)
     rows = tracks.set_index("id").loc[features["id"]]
     labels = rows["label"].to_numpy() if "label" in rows.columns else None
@@ -340,10 +358,8 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "features", help="handcrafted descriptors and the MFCC/chroma/contrast baseline per track"
-    )
-    p.add_argument("--params", default="params.yaml", help="reads its `features` section")
+    p = subparsers.add_parser("features")
+    p.add_argument("--params", default="params.yaml", help="reads its features and frontend sections")
     p.add_argument("--tracks", default="outputs/tracks/tracks.csv", help="table with id, path, label")
     p.add_argument("--out", default="outputs/features")
     p.set_defaults(func=run_features)

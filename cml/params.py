@@ -1,10 +1,17 @@
-"""Reading `params.yaml`, the single source of every tunable value in the pipeline.
+"""Reading `params.yaml`: what a study changes from the recipe.
 
-Every mistake in the file (missing, not YAML, no such section, an unknown key, a value out of its
-domain) is a `UsageError` naming the file and the section: exit code 2 from any `cml` command.
+The recipe is the defaults of each section's config dataclass (`TrainConfig`, `MelConfig`, ...);
+`params.yaml` holds only what the study sets: the `study` section (which audio, which positional
+variants, which seeds: what `dvc.yaml`'s matrix and key-level params read) and the values a study
+overrides. `cml params` (`cml.recipe`) prints the effective values. Every section goes through `build`, the one strict
+loader: an unknown key is an error, never a silent default. Every mistake in the file (missing, not
+YAML, no such section, an unknown key, a value out of its domain) is a `UsageError` naming the file
+and the section: exit code 2 from any `cml` command.
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -36,6 +43,16 @@ def load_params(path: str | Path = "params.yaml", section: str | None = None) ->
     return values
 
 
+def build(cls: Callable[..., T], values: dict | None, what: str) -> T:
+    """`cls(**values)` for a config dataclass, with unknown keys an error that names them and the known ones."""
+    values = dict(values or {})
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown keys in {what}: {unknown} (known: {', '.join(known)})")
+    return cls(**values)
+
+
 def parse_section(path: str | Path, section: str, from_dict: Callable[[dict], T], values: dict | None = None) -> T:
     """`from_dict(values)` (default: the section as read), its ValueError/TypeError as a UsageError naming
     the file and section."""
@@ -44,3 +61,26 @@ def parse_section(path: str | Path, section: str, from_dict: Callable[[dict], T]
         return from_dict(values)
     except (ValueError, TypeError) as err:
         raise UsageError(f"{path}: section '{section}': {one_line(err)}") from None
+
+
+def load_config(path: str | Path, section: str, cls: Callable[..., T]) -> T:
+    """The config dataclass of a section: the recipe's defaults with the file's overrides."""
+    return parse_section(path, section, lambda values: build(cls, values, f"'{section}'"))
+
+
+AUDIO_SOURCES = ("auto", "corpus", "data")
+
+
+@dataclass(frozen=True)
+class Study:
+    """The experimental design, only in params.yaml (dvc.yaml's matrix and key-level params read it)."""
+
+    audio: str  # auto: data/audio when it holds files, else the rendered corpus; or corpus / data
+    variants: list  # positional variants trained and compared (stages train@<variant>-<seed>)
+    seeds: list  # training seeds of each variant
+
+    def __post_init__(self) -> None:
+        if self.audio not in AUDIO_SOURCES:
+            raise ValueError(f"audio must be one of {AUDIO_SOURCES}, got {self.audio!r}")
+        if not self.variants or not self.seeds:
+            raise ValueError("variants and seeds must each name at least one")

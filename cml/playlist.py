@@ -63,8 +63,9 @@ from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist, pdist
 from tqdm.auto import tqdm
 
-from cml.clustering import add_table_arguments, check_at_most, cluster, l2_normalise, n_labels, read_cli_table
+from cml.clustering import add_table_arguments, check_at_most, cluster, n_labels, read_cli_table
 from cml.errors import CmlError, UsageError, check_output, count, non_negative, non_negative_int
+from cml.neighbours import l2_normalise
 from cml.tables import FeatureTable, standardise
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,23 @@ URI_COLUMNS = ("spotify_uri", "uri")
 TITLE_COLUMNS = ("title", "track_name", "name")
 DURATION_COLUMNS = ("duration", "seconds", "duration_s")
 FORMATS = (".m3u8", ".m3u", ".csv")
+
+
+@dataclass
+class PlaylistsConfig:
+    """The Playlists notebook (stage `playlists`)."""
+
+    embedding: str  # outputs/embeddings/<embedding>/tracks.parquet: a study choice, set in params.yaml only
+    seed_tracks: str = "auto"  # auto: n_seeds tracks of one label drawn with `seed`; or ids separated by commas
+    n_seeds: int = 4
+    length: int = 20
+    mode: str = "hull"  # hull (convex hull in the PCA projection) or lp (convex combinations, full space)
+    dim: int = 3  # PCA dimension of the hull: lower admits more tracks, higher is more faithful
+    margin: float = 0.02  # hull: facets pushed out by this distance; lp: tolerance per coordinate
+    journey: str = "auto"  # auto: the first seed -> the track farthest from it; or ID_A,ID_B
+    listen_tracks: int = 10  # audio players in the notebook, in playlist order
+    excerpt_seconds: float = 4.0
+    seed: int = 0  # the auto seed tracks and the baselines
 
 
 class PlaylistError(UsageError, ValueError):
@@ -703,8 +721,7 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """``cml playlist FILE --seeds ID,ID,... --length N --out FILE.{m3u8,csv} [--mode hull|lp|journey]``."""
-    p = subparsers.add_parser("playlist", help="a playlist from the convex hull of seed tracks in a feature table",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser("playlist", description=__doc__.split("\n\n")[0])
     add_table_arguments(p)
     p.add_argument("--seeds", required=True, help="seed track ids, separated by commas (journey: A,B)")
     p.add_argument("--length", type=count, required=True, help="tracks in the playlist")

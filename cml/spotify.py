@@ -937,7 +937,7 @@ def _cmd_link(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers) -> None:
-    parser = subparsers.add_parser("spotify", help="pull track data from Spotify, push playlists to it")
+    parser = subparsers.add_parser("spotify")
     commands = parser.add_subparsers(dest="spotify_command", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--env-file", default=".env", help="gitignored file with SPOTIPY_* variables")

@@ -60,7 +60,8 @@ class FeatureTable:
         return len(self.ids)
 
 
-def _names(values: np.ndarray | pd.Index) -> str:
+def preview(values: np.ndarray | pd.Index) -> str:
+    """The first few values for an error message, and how many there are in all."""
     shown = ", ".join(map(str, list(values)[:_SHOW]))
     return shown + (f", ... ({len(values)} in all)" if len(values) > _SHOW else "")
 
@@ -94,7 +95,7 @@ def read_csv_text_ids(path: str | Path, text_columns: Iterable[str] = ID_COLUMNS
     if text:
         raw = pd.read_csv(path, sep=sep, usecols=text, dtype=str, keep_default_na=False)
         for c in text:
-            df[c] = pd.Series([None if v == "" else v for v in raw[c]], index=df.index, dtype=object)
+            df[c] = raw[c].where(raw[c] != "")  # pandas' text dtype; only an empty field is missing
     return df
 
 
@@ -114,14 +115,14 @@ def read_tracks(path: str | Path, required: Iterable[str] = ("id", "path")) -> p
         raise FeatureTableError(f"cannot read tracks table {path}: {err}") from err
     missing = [c for c in required if c not in tracks.columns]
     if missing:
-        raise FeatureTableError(f"{path}: missing columns {missing}; columns are: {_names(tracks.columns)}")
+        raise FeatureTableError(f"{path}: missing columns {missing}; columns are: {preview(tracks.columns)}")
     if "id" in tracks.columns:
         empty = np.flatnonzero(tracks["id"].isna().to_numpy())
         if len(empty):
-            raise FeatureTableError(f"{path}: empty id in rows {_names(empty)}")
+            raise FeatureTableError(f"{path}: empty id in rows {preview(empty)}")
         dup = tracks["id"].duplicated().to_numpy()
         if dup.any():
-            raise FeatureTableError(f"{path}: {dup.sum()} repeated ids: {_names(tracks['id'][dup].unique())}")
+            raise FeatureTableError(f"{path}: {dup.sum()} repeated ids: {preview(tracks['id'][dup].unique())}")
     return tracks
 
 
@@ -129,7 +130,7 @@ def _feature_columns(df: pd.DataFrame, recorded: list[str] | None, skip: set[str
     if recorded is not None:
         missing = [c for c in recorded if c not in df.columns]
         if missing:
-            raise FeatureTableError(f"feature columns named in the file metadata are missing: {_names(missing)}")
+            raise FeatureTableError(f"feature columns named in the file metadata are missing: {preview(missing)}")
         return list(recorded)
     return [c for c in df.columns
             if c not in skip and not str(c).startswith("Unnamed:")
@@ -149,31 +150,31 @@ def read_feature_table(path: str | Path, *, label_column: str = LABEL_COLUMN,
     id_col = next((c for c in ID_COLUMNS if c in df.columns), None)
     if id_col is None:
         raise FeatureTableError(f"{path}: no id column (expected one of {ID_COLUMNS}); "
-                                f"columns are: {_names(df.columns)}")
+                                f"columns are: {preview(df.columns)}")
     df = df.reset_index(drop=True)
     if df[id_col].isna().any():
         rows = np.flatnonzero(df[id_col].isna().to_numpy())
-        raise FeatureTableError(f"{path}: empty id in rows {_names(rows)}")
+        raise FeatureTableError(f"{path}: empty id in rows {preview(rows)}")
     ids = df[id_col].astype(str).to_numpy()
     has_label = label_column in df.columns
     features = _feature_columns(df, recorded, skip={id_col, label_column} if has_label else {id_col})
     if not features:
-        raise FeatureTableError(f"{path}: no numeric feature columns; columns are: {_names(df.columns)}")
+        raise FeatureTableError(f"{path}: no numeric feature columns; columns are: {preview(df.columns)}")
     X = df[features].to_numpy(dtype=np.float64)
 
     keep = np.ones(len(df), dtype=bool)
     dup = pd.Series(ids).duplicated().to_numpy()
     if dup.any():
         if not drop_invalid:
-            raise FeatureTableError(f"{path}: {dup.sum()} repeated ids: {_names(np.unique(ids[dup]))} "
+            raise FeatureTableError(f"{path}: {dup.sum()} repeated ids: {preview(np.unique(ids[dup]))} "
                                     "(drop_invalid=True keeps the first row of each)")
-        log.warning("%s: dropped %d rows with repeated ids: %s", path, dup.sum(), _names(ids[dup]))
+        log.warning("%s: dropped %d rows with repeated ids: %s", path, dup.sum(), preview(ids[dup]))
         keep &= ~dup
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         if not drop_invalid:
-            raise FeatureTableError(f"{path}: NaN or inf features in {bad.sum()} rows, ids: {_names(ids[bad])}")
-        log.warning("%s: dropped %d rows with NaN/inf features: %s", path, bad.sum(), _names(ids[bad]))
+            raise FeatureTableError(f"{path}: NaN or inf features in {bad.sum()} rows, ids: {preview(ids[bad])}")
+        log.warning("%s: dropped %d rows with NaN/inf features: %s", path, bad.sum(), preview(ids[bad]))
         keep &= ~bad
 
     labels = None

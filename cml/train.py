@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -40,12 +40,12 @@ from tqdm.auto import tqdm
 from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, load_audio, track_logmel
 from cml.augment import Augment, AugmentConfig
 from cml.checkpoint import Normalizer, read_checkpoint, resolve_device, save_checkpoint
-from cml.errors import CmlError, check_input_file, check_output, one_line
-from cml.evaluation import knn_accuracy
+from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line
 from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
 from cml.model import Encoder, EncoderConfig
+from cml.neighbours import knn_accuracy
 from cml.notebook import write_metrics
-from cml.params import load_params, parse_section
+from cml.params import build, load_params, parse_section
 from cml.tables import read_tracks
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "disk")
 # keys that may change between an interrupted run and its resumption without changing the results
 RESUME_FREE_KEYS = ("num_workers",)
-# keys of the params `train` section meant for the pipeline (a DVC matrix), not for one run
-MATRIX_KEYS = ("variants", "seeds")
 # independent random streams derived from the seed
 _TRAIN, _VAL, _NORM, _KMEANS = range(4)
 
@@ -63,24 +61,25 @@ _TRAIN, _VAL, _NORM, _KMEANS = range(4)
 @dataclass
 class TrainConfig:
     variant: str = "rope1d"  # positional variant, a key of cml.model.VARIANTS
-    model: dict = field(default_factory=dict)  # EncoderConfig overrides: dim, depth, heads, embed_dim, proj_dim, ...
+    model: dict = field(default_factory=dict)  # EncoderConfig overrides (the `model` section): dim, depth, heads, ...
+    frontend: dict = field(default_factory=dict)  # MelConfig overrides (the `frontend` section): the log-mel input
     crop_seconds: float = 4.0  # length of each view (400 frames, 50 tokens at the model defaults)
     batch_size: int = 32  # pairs per step (2x views, 2N - 2 negatives each); global over all processes
-    epochs: int = 6
+    epochs: int = 18  # 36 steps an epoch on the default corpus: 648 steps in all
     crops_per_track: int = 8  # pairs drawn per training track (or piece) per epoch
     lr: float = 3e-4  # peak learning rate (AdamW); 1e-3 stalled the loss on the default corpus
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0  # linear warm-up from 0, in epochs (converted to steps)
     grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    temperature: float = 0.2  # NT-Xent temperature
-    kmeans_lambda: float = 0.0  # weight of the k-means term; 0 turns it off (no centroids at all)
-    kmeans_k: int = 8  # number of centroids
+    temperature: float = 0.1  # NT-Xent temperature
+    kmeans_lambda: float = 0.1  # weight of the k-means term (Deep Clustering Network style); 0 turns it off
+    kmeans_k: int = 7  # number of centroids (the default corpus has 7 styles)
     kmeans_mode: str = "minibatch"  # "minibatch" (Sculley 2010 updates) | "learned" (trained by gradient)
     augment: dict = field(default_factory=dict)  # AugmentConfig overrides; {"off": true} turns all off
     pair_by_piece: bool = True  # with a `piece` column, the two views come from two renderings of a piece
-    view_shift_seconds: Optional[float] = None  # None: the two views at independent random positions;
-    #   x: at the same relative position up to +-x s (two renderings of a piece then play the same notes)
+    view_shift_seconds: Optional[float] = 0.5  # the two views at the same relative position up to +-0.5 s (two
+    #   renderings of a piece then play the same notes with other instruments); None: independent positions
     cache: str = "auto"  # "memory": whole-track log-mels in RAM; "disk": read each crop; "auto": memory if it fits
     cache_mb: int = 2048  # the memory budget of "auto"
     norm_crops: int = 64  # random training crops measured for the log-mel mean and std
@@ -92,10 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown keys in the 'train' params: {sorted(unknown)}")
-        return cls(**d)
+        return build(cls, d, "'train'")
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -106,14 +102,17 @@ class TrainConfig:
             raise ValueError(f"kmeans_mode must be one of {KMEANS_MODES}, got {self.kmeans_mode!r}")
         if self.batch_size < 2 or self.epochs < 1 or self.crops_per_track < 1 or self.crop_seconds <= 0:
             raise ValueError("need batch_size >= 2, epochs >= 1, crops_per_track >= 1 and crop_seconds > 0")
-        self.encoder_config()  # fails early on a bad variant or model key
+        self.encoder_config()  # fails early on a bad variant, model or frontend key
         self.augment_config()
 
+    def mel_config(self) -> MelConfig:
+        return build(MelConfig, self.frontend, "'frontend'")
+
     def encoder_config(self) -> EncoderConfig:
-        unknown = set(self.model) - {f.name for f in fields(EncoderConfig)}
-        if unknown or "variant" in self.model:
-            raise ValueError(f"unknown or misplaced keys in train.model: {sorted(unknown | ({'variant'} & set(self.model)))}")
-        return EncoderConfig(variant=self.variant, **self.model)
+        if "variant" in self.model:
+            raise ValueError("the variant is not a model key: the study's variants (or train.variant) choose it")
+        values = {"n_mels": self.mel_config().n_mels, **self.model, "variant": self.variant}
+        return build(EncoderConfig, values, "'model'")
 
     def augment_config(self) -> AugmentConfig:
         d = dict(self.augment)
@@ -571,7 +570,7 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
     if cfg.batch_size % d.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
     tracks, skipped = training_tracks(tracks_csv)
-    mel = MelConfig()
+    mel = cfg.mel_config()
     enc_cfg = cfg.encoder_config()
     if enc_cfg.n_mels != mel.n_mels:
         raise ValueError(f"model n_mels {enc_cfg.n_mels} differs from the front end's {mel.n_mels}")
@@ -717,13 +716,21 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
 # CLI
 
 
+def config_from_params(params_file: str | os.PathLike, variant: Optional[str] = None,
+                       seed: Optional[int] = None) -> TrainConfig:
+    """The TrainConfig of a study: the `train` section, the architecture of `model`, the front end of
+    `frontend`, and the variant and seed of one run (the study's matrix)."""
+    section = load_params(params_file, "train")
+    misplaced = sorted({"model", "frontend"} & set(section))
+    if misplaced:
+        raise UsageError(f"{params_file}: {misplaced} in the 'train' section: they are sections of their own")
+    values = {**section, "model": load_params(params_file, "model"), "frontend": load_params(params_file, "frontend")}
+    values.update({k: v for k, v in (("variant", variant), ("seed", seed)) if v is not None})
+    return parse_section(params_file, "train", TrainConfig.from_dict, values)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    section = {k: v for k, v in load_params(args.params, "train").items() if k not in MATRIX_KEYS}
-    if args.variant:
-        section["variant"] = args.variant
-    if args.seed is not None:
-        section["seed"] = args.seed
-    config = parse_section(args.params, "train", TrainConfig.from_dict, section)
+    config = config_from_params(args.params, args.variant, args.seed)
     resolve_device(config.device)
     check_input_file(args.tracks, "tracks table")
     check_output(args.out, folder=True)
@@ -737,8 +744,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers) -> None:
     """Add `cml train --params params.yaml --variant NAME --tracks tracks.csv --out DIR`."""
-    p = subparsers.add_parser("train", help="train a contrastive encoder (one positional variant)")
-    p.add_argument("--params", default="params.yaml", help="params file; its `train` section is the TrainConfig")
+    p = subparsers.add_parser("train")
+    p.add_argument("--params", default="params.yaml", help="params file: its train, model and frontend sections")
     p.add_argument("--variant", help="positional variant; overrides train.variant")
     p.add_argument("--seed", type=int, help="overrides train.seed")
     p.add_argument("--tracks", default="outputs/tracks/tracks.csv", help="track table with a split column")

@@ -87,5 +87,5 @@ def test_switching_one_augmentation_off_keeps_the_others_draws(logmel):
 
 
 def test_unknown_keys_raise():
-    with pytest.raises(ValueError, match="unknown augmentation keys"):
+    with pytest.raises(ValueError, match="unknown keys in train.augment"):
         AugmentConfig.from_dict({"pitch": 2})

@@ -23,7 +23,7 @@ from cml.train import readable_crops, train
 
 SR = 16000
 TINY_MODEL = dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16)
-TINY_TRAIN = dict(model=TINY_MODEL, crop_seconds=0.64, batch_size=4, epochs=1, crops_per_track=2, norm_crops=8)
+TINY_TRAIN = dict(crop_seconds=0.64, batch_size=4, epochs=1, crops_per_track=2, norm_crops=8)
 
 
 def tone(path: Path, seconds: float = 2.0, freq: float = 440.0, sr: int = SR, **kw) -> Path:
@@ -158,7 +158,8 @@ def test_training_skips_an_unreadable_track_and_reports_it(tmp_path, in_memory):
     assert len(crops) == len(kept) == 6 - (3 if in_memory else 2)  # disk mode cannot see the NaN without decoding
 
     out = tmp_path / "out"
-    metrics = train({**TINY_TRAIN, "cache": "memory" if in_memory else "disk"}, csv, out, progress=False)
+    metrics = train({**TINY_TRAIN, "model": TINY_MODEL, "cache": "memory" if in_memory else "disk"}, csv, out,
+                    progress=False)
     assert np.isfinite(metrics["val_ntxent"])  # the NaN file never reached the normaliser or the loss
     report = pd.read_csv(out / "skipped.csv", dtype=str)
     assert set(report["path"]) == {rows[1]["path"], rows[2]["path"], rows[3]["path"]}
@@ -174,7 +175,7 @@ def test_features_skip_a_track_with_non_finite_samples_and_keep_the_rest(tmp_pat
     csv = tmp_path / "tracks.csv"
     pd.DataFrame({"id": ["01", "02", "03"], "path": list(map(str, paths)), "label": "x"}).to_csv(csv, index=False)
     params = tmp_path / "params.yaml"
-    params.write_text("features: {max_seconds: null}\n")
+    params.write_text("features: {max_seconds: null}\nfrontend: {}\n")
     code, _ = run(["features", "--params", params, "--tracks", csv, "--out", tmp_path / "out"], capsys)
     assert code == 0
     assert read_feature_table(tmp_path / "out" / "handcrafted.parquet").ids.tolist() == ["01", "03"]
@@ -192,7 +193,8 @@ def test_ids_that_look_like_numbers_or_missing_values_survive_every_table(tmp_pa
                   "duration": 2.0}).to_csv(csv, index=False)
     tracks = read_tracks(csv)
     assert tracks["id"].tolist() == ids
-    assert tracks["label"].tolist() == ["x", None, "y", "NA", "x", "y"]  # only an empty field is missing
+    assert tracks["label"].isna().tolist() == [False, True, False, False, False, False]  # only an empty field
+    assert tracks["label"].dropna().tolist() == ["x", "y", "NA", "x", "y"]
     assert tracks["duration"].dtype == float
 
     X = np.arange(12, dtype=float).reshape(6, 2)
@@ -316,11 +318,11 @@ def test_params_mistakes_are_usage_errors_naming_the_file(library, tmp_path, cap
     code, lines = run(["train", "--params", params, "--tracks", library, "--out", tmp_path / "o"], capsys)
     assert code == 2
     one_error(lines, "train", "not valid YAML", "params.yaml")
-    params.write_text(json.dumps({"train": {**TINY_TRAIN, "epochz": 3}}))
+    params.write_text(json.dumps({"train": {**TINY_TRAIN, "epochz": 3}, "model": TINY_MODEL, "frontend": {}}))
     code, lines = run(["train", "--params", params, "--tracks", library, "--out", tmp_path / "o"], capsys)
     assert code == 2
     one_error(lines, "train", "params.yaml", "epochz")
-    params.write_text(json.dumps({"train": {**TINY_TRAIN, "device": "cuda:3"}}))
+    params.write_text(json.dumps({"train": {**TINY_TRAIN, "device": "cuda:3"}, "model": TINY_MODEL, "frontend": {}}))
     code, lines = run(["train", "--params", params, "--tracks", library, "--out", tmp_path / "o"], capsys)
     assert code == 2
     one_error(lines, "train", "no such CUDA device")

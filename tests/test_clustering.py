@@ -10,8 +10,9 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from cml.clustering import (GRID_METRICS, METHODS, best_pair, check_directions, cluster, contingency, discover_tables,
-                            evaluate, grid_metrics, headline_metric, kdistance_eps, l2_normalise, load_tables, medoids,
+                            evaluate, grid_metrics, headline_metric, kdistance_eps, load_tables, medoids,
                             purity, ranking, register_cli, run_grid, select_spaces)
+from cml.neighbours import l2_normalise
 from cml.tables import FeatureTable, FeatureTableError, write_feature_table
 
 

@@ -12,7 +12,9 @@ from cml import corpus
 from cml.corpus import MANIFEST_COLUMNS, PROGRAM_POOL, CorpusConfig, StyleClass, build_corpus, draw_programs
 from cml.errors import CmlError, UsageError
 
-TINY = dict(classes=["bach_chorale", "essen_folk"], pieces_per_class=2, max_seconds=4.0, min_seconds=2.0, workers=1)
+TINY = dict(classes=["bach_chorale", "essen_folk"], pieces_per_class=2, max_seconds=4.0, min_seconds=2.0, workers=1,
+            draws=1)
+STUDY = {"audio": "corpus", "variants": ["none"], "seeds": [0]}
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +42,16 @@ def test_manifest_rows_point_at_mono_flac_files_at_the_requested_rate(tiny):
     assert pd.read_csv(out / "manifest.csv", keep_default_na=False)["id"].tolist() == manifest["id"].tolist()
 
 
-def run_cli(params, out) -> int:
+def run_cli(params, out, data="data") -> int:
     parser = argparse.ArgumentParser()
     corpus.register_cli(parser.add_subparsers())
-    args = parser.parse_args(["corpus", "--params", str(params), "--out", str(out)])
+    args = parser.parse_args(["corpus", "--params", str(params), "--out", str(out), "--data", str(data)])
     return args.func(args)
 
 
 def test_cli_rebuild_with_two_workers_is_byte_identical(tiny, tmp_path):
     manifest, first = tiny
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"corpus": {**TINY, "workers": 2}, "other_stage": {"x": 1}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"corpus": {**TINY, "workers": 2}, "study": STUDY, "other_stage": {"x": 1}}))
     assert run_cli(tmp_path / "params.yaml", tmp_path / "again") == 0
     second = tmp_path / "again"
     assert (second / "manifest.csv").read_bytes() == (first / "manifest.csv").read_bytes()
@@ -88,7 +90,7 @@ def test_a_broken_score_is_skipped_with_a_reason_and_the_build_goes_on(tmp_path,
     (scores / "broken.xml").write_text("<?xml version='1.0'?><score-partwise><part id='P1'><measure")
     (scores / "empty.abc").write_text("X:1\nT:Nothing\nK:C\n")
     monkeypatch.setitem(corpus.CLASSES, "mini", StyleClass((str(scores),), ("*.abc", "*.xml"), "tester"))
-    config = CorpusConfig(classes=["mini"], pieces_per_class=3, max_seconds=4.0, min_seconds=2.0, workers=1)
+    config = CorpusConfig(classes=["mini"], pieces_per_class=3, max_seconds=4.0, min_seconds=2.0, workers=1, draws=1)
     manifest = build_corpus(config, tmp_path / "out", progress=False)
     assert manifest["source"].tolist() == ["scores/good.abc"]
     assert manifest["title"].tolist() == ["Good"]
@@ -114,7 +116,7 @@ def test_second_instrument_draw_is_a_row_of_its_own_for_the_same_piece(tmp_path)
 def test_from_dict_rejects_unknown_keys_and_bad_values():
     assert CorpusConfig.from_dict(None) == CorpusConfig()
     assert CorpusConfig.from_dict({"pieces_per_class": 3}).pieces_per_class == 3
-    with pytest.raises(ValueError, match=r"unknown corpus keys \['piece_per_class'\]"):
+    with pytest.raises(ValueError, match=r"unknown keys in 'corpus': \['piece_per_class'\]"):
         CorpusConfig.from_dict({"piece_per_class": 3})
     with pytest.raises(ValueError, match="unknown"):
         CorpusConfig.from_dict({"classes": ["bach_chorale", "jazz"]})
@@ -130,7 +132,7 @@ def test_cli_refuses_a_missing_or_wrong_params_file_or_output_with_a_usage_error
     params = tmp_path / "params.yaml"
     with pytest.raises(UsageError, match=f"params file not found: {params}"):
         run_cli(params, tmp_path / "out")
-    for text, reason in [("corpus: {piece_per_class: 3}\n", r"unknown corpus keys \['piece_per_class'\]"),
+    for text, reason in [("corpus: {piece_per_class: 3}\n", r"unknown keys in 'corpus': \['piece_per_class'\]"),
                          ("corpus: [1, 2]\n", "must be a mapping"),
                          ("tracks: {}\n", "has no 'corpus' section"),
                          ("corpus: {classes: [bach_chorale\n", "not valid YAML")]:
@@ -138,7 +140,7 @@ def test_cli_refuses_a_missing_or_wrong_params_file_or_output_with_a_usage_error
         with pytest.raises(UsageError, match=f"^{params}.*{reason}") as err:
             run_cli(params, tmp_path / "out")
         assert "\n" not in str(err.value) and err.value.exit_code == 2
-    params.write_text("corpus: {pieces_per_class: 1}\n")
+    params.write_text(yaml.safe_dump({"corpus": {"pieces_per_class": 1}, "study": STUDY}))
     (tmp_path / "a-file").write_text("")
     with pytest.raises(UsageError, match="is a file"):
         run_cli(params, tmp_path / "a-file")
@@ -171,3 +173,21 @@ def test_a_soundfont_fluidsynth_cannot_load_stops_the_build_before_rendering(tmp
         build_corpus(config, tmp_path / "out", progress=False)
     assert str(soundfont) in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("audio,user_files,renders", [("auto", True, False), ("data", False, False),
+                                                      ("corpus", True, True), ("auto", False, True)])
+def test_the_corpus_is_rendered_only_when_the_study_runs_on_it(tmp_path, audio, user_files, renders):
+    (tmp_path / "data" / "audio").mkdir(parents=True)
+    if user_files:
+        (tmp_path / "data" / "audio" / "mine.flac").write_bytes(b"x")
+    params = tmp_path / "params.yaml"
+    tiny = {**TINY, "classes": ["bach_chorale"], "pieces_per_class": 1}
+    params.write_text(yaml.safe_dump({"corpus": tiny, "study": {**STUDY, "audio": audio}}))
+    assert run_cli(params, tmp_path / "out", tmp_path / "data") == 0
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert len(manifest) == (1 if renders else 0)
+    assert (tmp_path / "out" / corpus.NOT_RENDERED).is_file() != renders
+    if not renders:
+        assert "study.audio" in (tmp_path / "out" / corpus.NOT_RENDERED).read_text()

@@ -3,7 +3,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from cml.dataset import TracksConfig, build_tracks, has_audio_files, resolve_audio_dir
+from cml.dataset import TracksConfig, build_tracks
+from cml.params import build
+from cml.sources import has_audio_files, resolve_audio_dir
 
 
 def tone(path, seconds=2.0, freq=440.0, sr=16000):
@@ -69,11 +71,11 @@ def test_build_tracks_reports_bad_user_files(tmp_path, corpus):
     assert [p.split("/")[-1] for p in skipped["path"]] == ["broken.mp3"]
 
 
-def test_config_rejects_unknown_keys_and_sources():
-    with pytest.raises(ValueError, match="unknown keys"):
-        TracksConfig.from_dict({"sauce": "auto"})
-    with pytest.raises(ValueError, match="tracks.source"):
-        TracksConfig.from_dict({"source": "spotify"})
+def test_config_rejects_unknown_keys_and_sources(tmp_path, corpus):
+    with pytest.raises(ValueError, match="unknown keys.*sauce"):
+        build(TracksConfig, {"sauce": "auto"}, "'tracks'")
+    with pytest.raises(ValueError, match="study.audio"):
+        build_tracks(TracksConfig(), corpus, tmp_path, "spotify")
 
 
 def test_paths_are_relative_inside_the_working_directory(tmp_path, corpus, monkeypatch):

@@ -203,12 +203,32 @@ def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
                  "--set", "dim=8"]) == 2
 
 
-def test_untrained_baseline_takes_the_trained_model_size_from_params(tmp_path):
-    from cml.embed import load_model, model_params
+def test_untrained_baseline_takes_the_model_size_and_front_end_from_params(tmp_path):
+    from cml.embed import load_model, study_model
 
     params = tmp_path / "params.yaml"
-    params.write_text("train:\n  model: {dim: 32, depth: 1, heads: 2}\n  epochs: 1\n")
-    assert model_params(str(params)) == {"dim": 32, "depth": 1, "heads": 2}
-    assert model_params(None) == {}
-    encoder, _, _ = load_model("untrained:rope1d", overrides=model_params(str(params)))
+    params.write_text("model: {dim: 32, depth: 1, heads: 2}\nfrontend: {n_mels: 32}\ntrain: {epochs: 1}\n")
+    model, frontend = study_model(str(params))
+    assert model == {"dim": 32, "depth": 1, "heads": 2} and frontend == MelConfig(n_mels=32)
+    assert study_model(None) == ({}, MelConfig())
+    encoder, mel, _ = load_model("untrained:rope1d", overrides=model, frontend=frontend)
     assert encoder.cfg.dim == 32 and len(encoder.blocks) == 1
+    assert encoder.cfg.n_mels == mel.n_mels == 32  # the encoder takes the front end's mel bins
+
+
+def test_crops_default_to_the_checkpoint_training_crop(tmp_path, tracks):
+    ckpt = tmp_path / "model.pt"
+    cfg = EncoderConfig(variant="none", dim=16, depth=1, heads=2, embed_dim=8, proj_dim=8)
+    save_checkpoint(ckpt, model=untrained_encoder(cfg), optimizer=None, scheduler=None, epoch=1, step=1,
+                    encoder_config=cfg, mel_config=MelConfig(), norm=Normalizer(-5.0, 4.0),
+                    train_config={"crop_seconds": 0.5}, metrics={}, rng_state={})
+    tracks.to_csv(tmp_path / "tracks.csv", index=False)
+    assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(tmp_path / "a.parquet"),
+                 "--quiet", "--crops"]) == 0
+    assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(tmp_path / "b.parquet"),
+                 "--quiet", "--crops", "0.5"]) == 0
+    for name in ("1x", "8x"):
+        np.testing.assert_array_equal(read_feature_table(tmp_path / f"a.{name}.parquet").X,
+                                      read_feature_table(tmp_path / f"b.{name}.parquet").X)
+    assert _run(["embed", "untrained:none", "--tracks", str(tmp_path / "tracks.csv"), "--crops",
+                 "--out", str(tmp_path / "c.parquet")]) == 2

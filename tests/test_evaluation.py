@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 
 from cml import evaluation
-from cml.evaluation import (evaluate_embeddings, kmeans_agreement, leave_group_out_knn_accuracy,
-                            length_extrapolation, linear_probe_accuracy)
+from cml.evaluation import evaluate_embeddings, kmeans_agreement, length_extrapolation, linear_probe_accuracy
+from cml.neighbours import leave_group_out_knn_accuracy
 from cml.tables import write_feature_table
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cml.errors import UsageError
-from cml.evaluation import knn_accuracy, lead_program, majority_rate, style_timbre_probe
+from cml.evaluation import lead_program, majority_rate, style_timbre_probe
+from cml.neighbours import knn_accuracy
 from cml.notebook import find_repo_root, save_figure, write_metrics
 from cml.params import load_params
 

@@ -34,9 +34,9 @@ TINY_PARAMS = {
     "tracks": {"min_duration": 1.0},
     "features": {"max_seconds": 6.0},
     "data_analysis": {"projection": "pca", "example_seconds": 2.0},
+    "study": {"variants": ["none", "rope2d"]},
+    "model": {"dim": 32, "depth": 1, "heads": 2, "embed_dim": 32, "proj_dim": 16},
     "train": {
-        "variants": ["none", "rope2d"],
-        "model": {"dim": 32, "depth": 1, "heads": 2, "embed_dim": 32, "proj_dim": 16},
         "crop_seconds": 2.0,
         "batch_size": 4,
         "epochs": 1,
@@ -117,7 +117,7 @@ def test_first_run_produces_corpus_tracks_features_notebook_and_metrics(repo: Pa
     assert list((repo / "outputs/data_analysis/figures").glob("*.png"))
     playlists = json.loads((repo / "outputs/playlists/metrics.json").read_text())
     assert playlists["n_seeds"] >= 1 and playlists["playlist"]["n_tracks"] >= playlists["n_seeds"]
-    for variant in TINY_PARAMS["train"]["variants"]:
+    for variant in TINY_PARAMS["study"]["variants"]:
         assert (repo / f"outputs/train/{variant}-s0/best.pt").is_file()
         assert notebook_errors(repo / f"outputs/notebooks/Train-{variant}-s0.ipynb") == []
         assert (repo / f"outputs/embeddings/{variant}-s0/tracks.8x.parquet").is_file()
@@ -134,6 +134,31 @@ def test_status_is_clean_and_second_repro_runs_nothing(repo: Path):
     assert "up to date" in sh("dvc", "status", cwd=repo)
     second = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in second, second
+
+
+def stale_stages(repo: Path, changes: dict) -> set[str]:
+    """The stages `dvc status` reports after changing params.yaml (which is then restored)."""
+    original = (repo / "params.yaml").read_text()
+    try:
+        update_params(repo, changes)
+        return set(json.loads(sh("dvc", "status", "--json", cwd=repo)))
+    finally:
+        (repo / "params.yaml").write_text(original)
+
+
+def test_adding_a_seed_or_a_variant_leaves_the_trained_stages_up_to_date(repo: Path):
+    stale = stale_stages(repo, {"study": {"variants": ["none", "rope2d", "alibi1d"], "seeds": [0, 1]}})
+    existing = {f"{stage}@{v}-0" for stage in ("train", "embed") for v in ("none", "rope2d")}
+    assert not stale & (existing | {"embed_untrained@none", "embed_untrained@rope2d"}), stale
+    assert {"train@none-1", "train@alibi1d-0", "embed@alibi1d-1", "embed_untrained@alibi1d", "evaluate"} <= stale
+
+
+def test_the_frontend_invalidates_exactly_the_stages_that_read_it(repo: Path):
+    stale = stale_stages(repo, {"frontend": {"hop_length": 200}})
+    assert stale == {"features", "train@none-0", "train@rope2d-0", "embed_untrained@none", "embed_untrained@rope2d"}
+    assert stale_stages(repo, {"model": {"heads": 4}}) == {"train@none-0", "train@rope2d-0", "embed_untrained@none",
+                                                           "embed_untrained@rope2d"}
+    assert stale_stages(repo, {"train": {"epochs": 2}}) == {"train@none-0", "train@rope2d-0"}
 
 
 def test_changed_param_shows_in_metrics_diff(repo: Path):
@@ -173,6 +198,8 @@ def test_user_audio_with_bad_files_is_reported_and_pipeline_runs(repo: Path):
     sh("dvc", "add", "data", cwd=repo)
     sh("dvc", "repro", cwd=repo)
 
+    assert "study.audio is 'auto'" in (repo / "outputs/corpus/not_rendered.txt").read_text()  # no corpus rendered
+    assert pd.read_csv(repo / "outputs/corpus/manifest.csv").empty
     tracks = pd.read_csv(repo / "outputs/tracks/tracks.csv")
     assert sorted(tracks["label"].value_counts().to_dict().items()) == [("high", 5), ("low", 5)]
     skipped = pd.read_csv(repo / "outputs/tracks/skipped.csv")

@@ -392,16 +392,20 @@ def run_cli(*argv: str) -> int:
     return args.func(args)
 
 
-def test_cli_pull_then_push(fake, tmp_path, monkeypatch, capsys):
+def cli_env(fake, tmp_path, monkeypatch) -> list[str]:
+    """The fake's URLs in the environment; the options naming a .env file and a token cache in tmp_path."""
     monkeypatch.setenv("CML_SPOTIFY_API_URL", fake.url)
     monkeypatch.setenv("CML_SPOTIFY_ACCOUNTS_URL", fake.url)
     env = tmp_path / ".env"
     env.write_text(f"SPOTIPY_CLIENT_ID={CLIENT_ID}\nSPOTIPY_CLIENT_SECRET={CLIENT_SECRET}\n"
                    "SPOTIPY_REDIRECT_URI=http://127.0.0.1:9/callback\n")
     os.chmod(env, 0o600)
-    cache = tmp_path / "cache.json"
-    TokenCache(cache).save_token_to_cache(fake.issue_user_token(SCOPE))
-    common = ["--env-file", str(env), "--token-cache", str(cache)]
+    return ["--env-file", str(env), "--token-cache", str(tmp_path / "cache.json")]
+
+
+def test_cli_pull_then_push(fake, tmp_path, monkeypatch, capsys):
+    common = cli_env(fake, tmp_path, monkeypatch)
+    TokenCache(tmp_path / "cache.json").save_token_to_cache(fake.issue_user_token(SCOPE))
 
     assert run_cli("spotify", "pull", "--saved", "--out", str(tmp_path / "data" / "saved.csv"), *common) == 0
     assert "wrote 120 track(s)" in capsys.readouterr().out

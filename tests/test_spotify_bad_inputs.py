@@ -23,14 +23,15 @@ from cml.spotify import Credentials, SpotifyClient, SpotifyError, TokenCache, pu
 
 try:
     from tests import test_spotify
-    from tests.fake_spotify import CLIENT_ID, CLIENT_SECRET
+    from tests.fake_spotify import CLIENT_ID
 except ImportError:  # tests/ is not a package when pytest runs without `python -m`
     import test_spotify
-    from fake_spotify import CLIENT_ID, CLIENT_SECRET
+    from fake_spotify import CLIENT_ID
 
 offline, fake = test_spotify.offline, test_spotify.fake  # the same fixtures: offline guard, fake with 120 saved
-assert_no_secrets, mode, run_cli, user_client = (test_spotify.assert_no_secrets, test_spotify.mode,
-                                                 test_spotify.run_cli, test_spotify.user_client)
+assert_no_secrets, mode, run_cli, user_client, cli_env = (test_spotify.assert_no_secrets, test_spotify.mode,
+                                                          test_spotify.run_cli, test_spotify.user_client,
+                                                          test_spotify.cli_env)
 
 
 def approve(authorize_url: str) -> str:
@@ -208,16 +209,6 @@ def test_retry_after_that_is_not_seconds_falls_back_to_backoff(fake, tmp_path, c
 
 
 # ---- CLI option domains, checked before any request ----
-
-def cli_env(fake, tmp_path, monkeypatch) -> list[str]:
-    monkeypatch.setenv("CML_SPOTIFY_API_URL", fake.url)
-    monkeypatch.setenv("CML_SPOTIFY_ACCOUNTS_URL", fake.url)
-    env = tmp_path / ".env"
-    env.write_text(f"SPOTIPY_CLIENT_ID={CLIENT_ID}\nSPOTIPY_CLIENT_SECRET={CLIENT_SECRET}\n"
-                   "SPOTIPY_REDIRECT_URI=http://127.0.0.1:9/callback\n")
-    os.chmod(env, 0o600)
-    return ["--env-file", str(env), "--token-cache", str(tmp_path / "cache.json")]
-
 
 @pytest.mark.parametrize("option", [["--limit", "0"], ["--limit", "many"], ["--login-timeout", "-1"]])
 def test_cli_options_out_of_their_domain_are_usage_errors(fake, tmp_path, monkeypatch, capsys, option):

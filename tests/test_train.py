@@ -11,7 +11,8 @@ import torch
 from cml.audio import MelConfig
 from cml.augment import Augment, AugmentConfig
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
-from cml.train import PairDataset, TrackCrops, TrainConfig, _best_epoch, _groups, epoch_batches, register_cli, train
+from cml.errors import UsageError
+from cml.train import PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, epoch_batches, register_cli, train
 
 SR = 16000
 TINY = dict(model=dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16), crop_seconds=0.64, batch_size=4,
@@ -111,9 +112,11 @@ def test_checkpoint_round_trips_through_load_encoder(tracks, tmp_path):
 def test_bad_config_keys_raise():
     with pytest.raises(ValueError, match="unknown keys.*bogus"):
         TrainConfig.from_dict({"lr": 1e-3, "bogus": 1})
-    with pytest.raises(ValueError, match="train.model.*dimm"):
+    with pytest.raises(ValueError, match="'model'.*dimm"):
         TrainConfig.from_dict({"model": {"dimm": 3}})
-    with pytest.raises(ValueError, match="augmentation keys"):
+    with pytest.raises(ValueError, match="'frontend'.*hop"):
+        TrainConfig.from_dict({"frontend": {"hop": 3}})
+    with pytest.raises(ValueError, match="train.augment.*reverb"):
         TrainConfig.from_dict({"augment": {"reverb": 1}})
     with pytest.raises(ValueError, match="unknown variant"):
         TrainConfig.from_dict({"variant": "learned"})
@@ -183,12 +186,34 @@ def test_disk_crops_match_the_memory_cache(tracks):
 
 def test_cli_trains_from_params(tracks, tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text(json.dumps({"train": {**TINY, "epochs": 1, "variants": ["none", "rope1d"]}}))
+    train_section = {k: v for k, v in TINY.items() if k != "model"}
+    params.write_text(json.dumps({"train": {**train_section, "epochs": 1}, "model": TINY["model"], "frontend": {}}))
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
     args = parser.parse_args(["train", "--params", str(params), "--variant", "none", "--tracks", str(tracks),
                               "--out", str(tmp_path / "out"), "--quiet"])
     assert args.func(args) == 0
     assert read_checkpoint(tmp_path / "out" / "last.pt")["encoder_config"]["variant"] == "none"
+    assert read_checkpoint(tmp_path / "out" / "last.pt")["encoder_config"]["dim"] == TINY["model"]["dim"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["epochs"] == 1 and 0 <= metrics["val_knn_acc"] <= 1
+
+
+def test_the_front_end_comes_from_the_frontend_section(tracks, tmp_path):
+    cfg = TrainConfig.from_dict({**TINY, "epochs": 1, "frontend": {"n_mels": 32, "hop_length": 320}})
+    assert cfg.mel_config() == MelConfig(n_mels=32, hop_length=320)
+    assert cfg.encoder_config().n_mels == 32  # the encoder takes the front end's mel bins
+    train(cfg, tracks, tmp_path / "out", progress=False)
+    encoder, mel, _ = load_encoder(tmp_path / "out" / "best.pt")
+    assert mel == MelConfig(n_mels=32, hop_length=320) and encoder.cfg.n_mels == 32
+
+
+def test_the_architecture_and_the_front_end_are_sections_of_their_own(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"train": {"epochs": 2, "model": {"dim": 32}}, "model": {}, "frontend": {}}))
+    with pytest.raises(UsageError, match=r"\['model'\] in the 'train' section"):
+        config_from_params(params)
+    params.write_text(json.dumps({"train": {"epochs": 2}, "model": {"dim": 32, "heads": 2}, "frontend": {"n_mels": 32}}))
+    config = config_from_params(params, "none", 3)
+    assert (config.epochs, config.variant, config.seed) == (2, "none", 3)
+    assert config.encoder_config().dim == 32 and config.encoder_config().n_mels == 32
