@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cml.audio import MelConfig, scan_audio, track_logmel
+from cml.audio import DECODE_ERRORS, MelConfig, scan_audio, track_logmel
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, untrained_encoder
 from cml.model import Encoder, EncoderConfig
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line, positive
@@ -52,9 +52,8 @@ TRAINING_CROP = 0.0  # --crops without a value (no valid crop is 0): the crop le
 NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
 NORM_SECONDS = 30.0  # seconds read from each of them
 SKIP_COLUMNS = ["id", "path", "reason"]
-# What can go wrong with one track: decoding (soundfile raises RuntimeError/OSError), a too-short input
-# (ValueError from the encoder), running out of memory (MemoryError, torch.OutOfMemoryError).
-TRACK_ERRORS = (OSError, RuntimeError, ValueError, MemoryError)
+# What can go wrong with one track: decoding (`DECODE_ERRORS`) or a too-short input (ValueError from the encoder).
+TRACK_ERRORS = (*DECODE_ERRORS, ValueError)
 
 
 class Embedded(NamedTuple):
@@ -112,7 +111,7 @@ def _logmel(path: str, mel_config: MelConfig, max_frames: Optional[int]) -> torc
 
 
 def _skip(skipped: list[dict], row, reason: str) -> None:
-    reason = " ".join(str(reason).split())  # one line
+    reason = one_line(reason)
     log.info("skipped %s: %s", row.id, reason)
     skipped.append({"id": str(row.id), "path": str(row.path), "reason": reason})
 
