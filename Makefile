@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.cml-installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system data repro test lab bench clean
+.PHONY: setup system data repro soundtracks test lab bench clean
 
 setup: system $(INSTALLED)  ## install system packages and the Python environment
 
@@ -27,6 +27,15 @@ data:  ## the user-data folder tracked by data.dvc (audio under data/audio, Spot
 
 repro: setup data  ## run the whole pipeline (dvc repro)
 	dvc repro
+
+# The benchmark on real recordings: six game soundtracks Debian ships (133 recordings, 5.6 h), labelled by game.
+# DVC applies the experiment to the workspace: params.yaml and outputs/ then hold it; to go back to the committed
+# study: git checkout params.yaml && dvc checkout. A second run needs another name (-n) or dvc exp run -f.
+soundtracks: setup data  ## benchmark on real recordings (Debian's game soundtracks, 3 seeds): about an hour
+	cml soundtracks fetch
+	dvc exp run -n soundtracks -S '++corpus.source=soundtracks' -S 'study.audio=corpus' -S 'study.seeds=[0,1,2]'
+	@echo "results: dvc exp show --only-changed (params and metrics of every experiment), outputs/evaluate/"
+	@echo "params.yaml and outputs/ now hold experiment soundtracks; back: git checkout params.yaml && dvc checkout"
 
 test: setup  ## run the test suite, including an end-to-end pipeline run
 	$(VENV)/bin/python -m pytest -q

@@ -17,7 +17,8 @@ from cml.errors import CmlError, one_line
 
 # command: (the module that registers and runs it, its line in `cml --help`), in the order listed there
 COMMANDS = {
-    "corpus": ("corpus", "render the built-in music21 corpus to labelled FLAC files"),
+    "corpus": ("corpus", "build the corpus as labelled FLAC files: rendered music21 scores, or real soundtracks"),
+    "soundtracks": ("soundtracks", "fetch the Debian packages of the soundtracks corpus (corpus.source: soundtracks)"),
     "scan": ("audio", "find usable audio files and report the ones skipped"),
     "tracks": ("dataset", "build the track table (audio source, labels, split, skip report)"),
     "features": ("features", "handcrafted descriptors and the MFCC/chroma/contrast baseline per track"),

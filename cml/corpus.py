@@ -9,6 +9,9 @@ Per piece: music21 parse -> cut to the first ``max_seconds`` -> MIDI -> pretty_m
 -> FluidSynth -> trim, fade, peak-normalise -> mono FLAC (PCM_16). A piece that fails anywhere is
 skipped with a one-line reason in ``skipped.csv``; the build goes on. A SoundFont FluidSynth cannot load
 stops the build before anything is rendered.
+
+``corpus.source: soundtracks`` builds a different corpus in the same place, with the same files and stage:
+real released recordings (`cml.soundtracks`). `build_corpus` dispatches on the source.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import re
 import shutil
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,8 @@ from tqdm import tqdm
 
 from cml.errors import CmlError, check_input_file, check_output, one_line
 from cml.params import Study, build, load_config, parse_section
+from cml.soundtracks import MANIFEST_COLUMNS as SOUNDTRACK_COLUMNS
+from cml.soundtracks import SOUNDTRACKS, build_soundtracks, check_labels
 from cml.sources import resolve_audio_dir
 
 # music21 and pretty_midi are imported where they are used: music21 alone takes ~1 s to import,
@@ -100,17 +105,32 @@ PROGRAM_POOL = (  # General MIDI programs (0-based) shared by every class
     11,  # Vibraphone
 )
 INSTRUMENTATIONS = ("shared_pool", "score")
+SOURCES = ("music21", "soundtracks")
+# The options of each source. With the other source they would do nothing, so a value other than the default
+# is an error, as a misspelt key is (sample_rate and workers apply to both).
+MUSIC21_ONLY = ("classes", "pieces_per_class", "max_seconds", "min_seconds", "soundfont", "instrumentation",
+                "program_pool", "draws", "seed")
+SOUNDTRACKS_ONLY = ("soundtracks",)
 
 
 @dataclass
 class CorpusConfig:
-    """The ``corpus:`` section of params.yaml."""
+    """The ``corpus:`` section of params.yaml.
 
+    ``source`` chooses the corpus: "music21" (the default) renders scores from music21's corpus (this
+    module); "soundtracks" transcodes real released recordings, the game soundtracks Debian ships, one
+    label per game (`cml.soundtracks`). Each source has its own options (MUSIC21_ONLY, SOUNDTRACKS_ONLY);
+    setting one of the other source's to anything but its default is an error, since it would be ignored.
+    ``sample_rate`` and ``workers`` apply to both.
+    """
+
+    source: str = "music21"  # "music21": rendered scores; "soundtracks": real recordings (cml.soundtracks)
+    soundtracks: list[str] = field(default_factory=lambda: list(SOUNDTRACKS))  # labels (games), source soundtracks
     classes: list[str] = field(default_factory=lambda: list(CLASSES))  # names from CLASSES
     pieces_per_class: int = 30  # fewer where a class runs out of scores that render
     max_seconds: float = 30.0  # excerpt: the first max_seconds of each piece, faded out
     min_seconds: float = 5.0  # skip pieces whose rendered audio is shorter
-    sample_rate: int = 16000  # Hz; FluidSynth renders at this rate directly, no resampling
+    sample_rate: int = 16000  # Hz; FluidSynth renders at this rate directly; soundtracks are resampled to it
     soundfont: str | None = None  # .sf2 path; None = TimGM6mb.sf2, the GM font pretty_midi ships
     instrumentation: str = "shared_pool"  # "shared_pool": programs from program_pool; "score": the score's own
     program_pool: list[int] = field(default_factory=lambda: list(PROGRAM_POOL))
@@ -119,6 +139,16 @@ class CorpusConfig:
     workers: int = 2  # processes; the output does not depend on it
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"corpus.source must be one of {SOURCES}, got {self.source!r}")
+        check_labels(self.soundtracks)
+        other = MUSIC21_ONLY if self.source == "soundtracks" else SOUNDTRACKS_ONLY
+        changed = [f.name for f in fields(self) if f.name in other and getattr(self, f.name) != (
+            f.default if f.default is not MISSING else f.default_factory())]
+        if changed:
+            owner = "music21" if other is MUSIC21_ONLY else "soundtracks"
+            raise ValueError(f"corpus: {changed} apply only to source {owner}, not {self.source!r}: "
+                             "remove them (they would be ignored)")
         unknown = [c for c in self.classes if c not in CLASSES]
         if unknown or not self.classes:
             raise ValueError(f"corpus.classes: unknown {unknown} (known: {sorted(CLASSES)})")
@@ -398,8 +428,13 @@ def build_corpus(config: CorpusConfig, out_dir: str | Path, progress: bool = Tru
 
     Each class takes pieces from the front of its seeded permutation; a skipped piece is replaced by
     the next candidate in a later round. Every piece renders independently of the others, so the
-    files do not depend on `workers`.
+    files do not depend on `workers`. With ``source: soundtracks`` the soundtracks are built instead
+    (`cml.soundtracks.build_soundtracks`: its own manifest columns, no piece/draw).
     """
+    if config.source == "soundtracks":
+        manifest = build_soundtracks(config.soundtracks, out_dir, config.sample_rate, config.workers, progress)
+        _warn_stale(Path(out_dir), manifest)
+        return manifest
     check_soundfont(config.soundfont or default_soundfont())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -460,7 +495,8 @@ def _cli(args: argparse.Namespace) -> int:
     out = check_output(args.out, folder=True)
     source, audio_dir = resolve_audio_dir(study.audio, out, Path(args.data))
     if source == "data":
-        write_not_rendered(out, f"study.audio is {study.audio!r} and {audio_dir} holds audio: the pipeline runs on it")
+        write_not_rendered(out, f"study.audio is {study.audio!r} and {audio_dir} holds audio: the pipeline runs on it",
+                           SOUNDTRACK_COLUMNS if config.source == "soundtracks" else MANIFEST_COLUMNS)
         return 0
     (out / NOT_RENDERED).unlink(missing_ok=True)
     manifest = build_corpus(config, out)
@@ -468,10 +504,10 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_not_rendered(out_dir: Path, reason: str) -> None:
+def write_not_rendered(out_dir: Path, reason: str, columns: list[str] = MANIFEST_COLUMNS) -> None:
     """An empty corpus (manifest and skip report with their headers) and the reason it was not rendered."""
     shutil.rmtree(out_dir / "audio", ignore_errors=True)
-    pd.DataFrame(columns=MANIFEST_COLUMNS).to_csv(out_dir / "manifest.csv", index=False)
+    pd.DataFrame(columns=columns).to_csv(out_dir / "manifest.csv", index=False)
     pd.DataFrame(columns=SKIPPED_COLUMNS).to_csv(out_dir / "skipped.csv", index=False)
     (out_dir / NOT_RENDERED).write_text(reason + "\n")
     log.info("corpus not rendered: %s", reason)

@@ -22,7 +22,9 @@ from cml.tables import TRACK_TEXT_COLUMNS, read_csv_text_ids
 
 log = logging.getLogger(__name__)
 
-# Columns of the corpus manifest carried over into the track table.
+# Columns of the corpus manifest carried over into the track table, those it has: the rendered music21 corpus
+# has all; the soundtracks corpus (real recordings, one per row) only title and source, so its tracks have no
+# `piece` column and are split and paired as single recordings.
 MANIFEST_COLUMNS = ("piece", "draw", "composer", "title", "source", "programs")
 
 
@@ -37,7 +39,8 @@ class TracksConfig:
 
 
 def attach_manifest(tracks: pd.DataFrame, corpus_dir: Path) -> pd.DataFrame:
-    """Add composer, title and source of rendered pieces, matched by file path."""
+    """Add the corpus manifest's metadata (title, source, and for rendered pieces piece, draw, composer and
+    programs) to the tracks, matched by file path."""
     manifest_path = corpus_dir / "manifest.csv"
     if not manifest_path.is_file():
         log.warning("no corpus manifest at %s: tracks keep their folder labels only", manifest_path)

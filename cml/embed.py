@@ -5,7 +5,7 @@ by block) is standardised with the checkpoint's `Normalizer` and goes through `E
 pass, batch of 1 since lengths differ. Every positional variant accepts inputs longer than its training
 crops, so nothing is cut or averaged. `mode="chunked"` averages the embeddings of fixed windows instead
 (`Encoder.embed_chunked`): for comparison with the one-pass embedding, and when a track is too long for
-memory. `crop_embeddings` embeds centred crops of 1x, 2x, 4x and 8x the training crop length next to
+memory. `crop_embeddings` embeds centred crops of 1x to 64x the training crop length next to
 the full track, for the length-extrapolation table.
 
 Output is the project's one feature-table format (`cml.tables`: Parquet with `id`, optional `label`,
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("full", "chunked")
 UNTRAINED = "untrained:"  # MODEL prefix of the random-init baseline
-CROP_MULTIPLES = (1, 2, 4, 8)
+CROP_MULTIPLES = (1, 2, 4, 8, 16, 32, 64)  # up to 4.3 min at the 4 s default crop: real tracks run for minutes
 TRAINING_CROP = 0.0  # --crops without a value (no valid crop is 0): the crop length the checkpoint was trained on
 NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
 NORM_SECONDS = 30.0  # seconds read from each of them
@@ -73,7 +73,7 @@ class Embedded(NamedTuple):
 
 
 class CropEmbedded(NamedTuple):
-    """Per crop name ("1x", "2x", "4x", "8x", "full") the (n, embed_dim) embeddings of the same tracks."""
+    """Per crop name ("1x", "2x", ..., "64x", "full") the (n, embed_dim) embeddings of the same tracks."""
 
     tracks: pd.DataFrame  # id, [label], path, [split], seconds (the full track)
     X: dict[str, np.ndarray]
@@ -386,8 +386,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--window-seconds", type=positive, help="window length of --mode chunked")
     p.add_argument("--max-seconds", type=positive, help="embed at most the first S seconds of each track")
     p.add_argument("--crops", type=positive, nargs="?", const=TRAINING_CROP, metavar="CROP_SECONDS",
-                   help="length-extrapolation run: write OUT.{1x,2x,4x,8x,full}.parquet from centred crops "
-                        "of 1/2/4/8 x CROP_SECONDS (default: the checkpoint's training crop) and the full track")
+                   help="length-extrapolation run: write OUT.{1x,2x,...,64x,full}.parquet from centred crops "
+                        "of 1, 2, 4, ..., 64 x CROP_SECONDS (default: the checkpoint's training crop) and the full track")
     p.add_argument("--only-split", help="with --tracks: embed only the tracks of this split (e.g. test)")
     p.add_argument("--seed", type=int, default=0, help="weights of untrained:VARIANT (and its norm sample)")
     p.add_argument("--params", help="untrained:VARIANT: take the model size and the front end from this file's "

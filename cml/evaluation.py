@@ -16,6 +16,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -23,9 +24,9 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from cml.clustering import add_table_arguments, check_at_most, cluster, evaluate, read_cli_table
 from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
-from cml.neighbours import fit_knn, knn_accuracy, l2_normalise
+from cml.neighbours import fit_knn, knn_accuracy, l2_normalise, leave_group_out_knn_accuracy
 from cml.split import split_tracks
-from cml.tables import read_tracks
+from cml.tables import read_tracks, standardise
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,51 @@ def length_extrapolation(X_train: np.ndarray, y_train: np.ndarray, crops: Mappin
         rows.append({"crop": name, "knn_acc": float(np.mean(knn.predict(X) == y_test)),
                      "linear_acc": float(np.mean(probe.predict(X) == y_test)), **kmeans_agreement(X, y_test, seed)})
     return pd.DataFrame(rows).set_index("crop")
+
+
+def length_diagnostics(X: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
+    """Does track length organise the space? The share of variance on the top principal direction of the
+    L2-normalised rows, and the Spearman correlation of that direction with log duration.
+
+    A space whose first direction holds most of the variance and follows duration clusters tracks by
+    length, not by what they sound like; both numbers stay low when length does not matter.
+    """
+    U = l2_normalise(np.asarray(X, dtype=np.float64))
+    U = U - U.mean(axis=0)
+    u, s, _ = np.linalg.svd(U, full_matrices=False)
+    share = float(s[0] ** 2 / np.sum(s ** 2)) if np.sum(s ** 2) > 0 else float("nan")
+    rho = spearmanr(u[:, 0], np.log(np.asarray(seconds, dtype=np.float64))).statistic
+    return {"pc1_share": share, "pc1_duration_rho": float(rho)}
+
+
+def score_space(X: np.ndarray, tracks: pd.DataFrame, k: int = 5, seed: int = 0, standardised: bool = False) -> dict:
+    """Every score of one feature space against the track table (rows aligned with X; columns label,
+    split, and piece, programs, duration where present): the table of the Compare notebook.
+
+    On the test split: ``knn_acc``, ``linear_acc``, ``nmi``, ``ari`` (see `evaluate_embeddings`) and the
+    timbre probe. Over more tracks, for less noise: ``knn_acc_loo`` (the held-out val + test tracks
+    against every other track but their own piece's renderings), ``knn_acc_loo_all`` (every track so) and
+    ``nmi_all`` / ``ari_all`` (k-means over all tracks; the encoders never saw a label). With a duration
+    column, `length_diagnostics`. ``standardised`` z-scores the columns first (handcrafted features mix units).
+    """
+    X = standardise(np.asarray(X, dtype=np.float64))[0] if standardised else np.asarray(X, dtype=np.float64)
+    labels, split = tracks["label"].to_numpy(), tracks["split"].to_numpy()
+    result = evaluate_embeddings(X, labels, split, k=k, seed=seed)
+    out = {key: result[key] for key in METRIC_KEYS if key in result}
+    timbres = tracks["programs"].map(lead_program).to_numpy() if "programs" in tracks else None
+    probe = style_timbre_probe(X, labels, timbres, split, k=k)
+    if "knn_timbre_acc" in probe:
+        out["knn_timbre_acc"] = probe["knn_timbre_acc"]
+    has = tracks["label"].notna().to_numpy()
+    ids = pd.Series(tracks.index if "id" not in tracks else tracks["id"], dtype=object).to_numpy()
+    groups = tracks["piece"].where(tracks["piece"].notna(), ids).to_numpy() if "piece" in tracks else ids
+    y = labels[has].astype(str)
+    out["knn_acc_loo"] = leave_group_out_knn_accuracy(X[has], y, (split != "train")[has], groups[has], k=k)
+    out["knn_acc_loo_all"] = leave_group_out_knn_accuracy(X[has], y, np.ones(has.sum(), bool), groups[has], k=k)
+    out.update({f"{key}_all": v for key, v in kmeans_agreement(X[has], y, seed).items()})
+    if "duration" in tracks:
+        out.update(length_diagnostics(X, tracks["duration"].to_numpy()))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -85,7 +85,10 @@ KINDS = ("describe", "handcrafted", "both")
 class FeaturesConfig:
     """The `features` stage (its sample rate is the front end's, `frontend.sample_rate`)."""
 
-    max_seconds: Optional[float] = 30.0  # analyse at most this much of each track (from its start); None: all
+    max_seconds: Optional[float] = None  # read at most this much of each track (from its start); None: all of it,
+    #   so the handcrafted baseline summarises a whole recording, as the encoders' full-track embeddings do
+    describe_seconds: Optional[float] = 30.0  # the descriptors of the data analysis: the first 30 s (their
+    #   tempo estimate costs ~50 ms per second of audio)
 
 
 @dataclass
@@ -232,10 +235,11 @@ def handcrafted_embedding(wave: np.ndarray, sr: int) -> np.ndarray:
     return vector.astype(np.float32)
 
 
-def _track_features(wave: np.ndarray, sr: int, kind: str) -> dict[str, float]:
+def _track_features(wave: np.ndarray, sr: int, kind: str, describe_seconds: float | None) -> dict[str, float]:
     row: dict[str, float] = {}
     if kind in ("describe", "both"):
-        row.update(describe(wave, sr))
+        row.update(describe(wave if describe_seconds is None else wave[:round(describe_seconds * sr)], sr))
+        row["duration_s"] = len(wave) / sr  # of all that was read, not of the described start
     if kind in ("handcrafted", "both"):
         row.update(zip(HANDCRAFTED_COLUMNS, handcrafted_embedding(wave, sr).tolist()))
     return row
@@ -257,12 +261,14 @@ def extract_features(
     max_seconds: float | None = None,
     kind: str = "describe",
     progress: bool = True,
+    describe_seconds: float | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Features for every track of a table with `id` and `path` columns, skipping the ones that fail.
 
     Returns (features, skipped): features has `id` then `feature_columns(kind)`, one row per usable
     track in input order; skipped has id, path and a one-line reason for each track that could not be
-    read or described. `max_seconds` reads only the start of each file (None: the whole file).
+    read or described. `max_seconds` reads only the start of each file (None: the whole file);
+    `describe_seconds` limits the descriptors (not the handcrafted baseline) to the start of what was read.
     """
     columns = feature_columns(kind)
     missing = {"id", "path"} - set(tracks.columns)
@@ -275,7 +281,7 @@ def extract_features(
     ):
         try:
             wave = load_audio(Path(path), sample_rate=sample_rate, duration=max_seconds).numpy()
-            rows.append({"id": track_id, **_track_features(wave, sample_rate, kind)})
+            rows.append({"id": track_id, **_track_features(wave, sample_rate, kind, describe_seconds)})
         except Exception as err:  # skip-and-report: one bad file must not lose the rest
             reason = one_line(f"{type(err).__name__}: {err}")
             log.warning("skipping %s (%s): %s", track_id, path, reason)
@@ -341,7 +347,7 @@ def run_features(args: argparse.Namespace) -> int:
     tracks = read_tracks(check_input_file(args.tracks, "tracks table"))
     out = check_output(args.out, folder=True)
     features, skipped = extract_features(tracks, sample_rate=frontend.sample_rate, max_seconds=config.max_seconds,
-                                         kind="both")
+                                         kind="both", describe_seconds=config.describe_seconds)
     features[["id", *DESCRIBE_COLUMNS]].to_parquet(out / "descriptors.parquet", index=False)
     rows = tracks.set_index("id").loc[features["id"]]
     labels = rows["label"].to_numpy() if "label" in rows.columns else None

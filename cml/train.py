@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, load_audio, track_logmel
 from cml.augment import Augment, AugmentConfig
-from cml.checkpoint import Normalizer, read_checkpoint, resolve_device, save_checkpoint
+from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, save_checkpoint
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line
 from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
 from cml.model import Encoder, EncoderConfig
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CACHE_MODES = ("auto", "memory", "disk")
+RECIPES = ("auto", "renderings", "recordings")
 # keys that may change between an interrupted run and its resumption without changing the results
 RESUME_FREE_KEYS = ("num_workers",)
 # independent random streams derived from the seed
@@ -66,7 +67,9 @@ class TrainConfig:
     crop_seconds: float = 4.0  # length of each view (400 frames, 50 tokens at the model defaults)
     batch_size: int = 32  # pairs per step (2x views, 2N - 2 negatives each); global over all processes
     epochs: int = 18  # 36 steps an epoch on the default corpus: 648 steps in all
-    crops_per_track: int = 8  # pairs drawn per training track (or piece) per epoch
+    crops_per_track: int = 8  # pairs drawn per training track (or piece) per epoch ...
+    min_steps: int = 648  # ... but at least this many steps in all (a 100-track library still learns) ...
+    max_steps: int = 6000  # ... and at most this many (a 10k-track library: ~20 min on 2 CPU cores)
     lr: float = 3e-4  # peak learning rate (AdamW); 1e-3 stalled the loss on the default corpus
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     weight_decay: float = 0.05
@@ -77,9 +80,10 @@ class TrainConfig:
     kmeans_k: int = 7  # number of centroids (the default corpus has 7 styles)
     kmeans_mode: str = "minibatch"  # "minibatch" (Sculley 2010 updates) | "learned" (trained by gradient)
     augment: dict = field(default_factory=dict)  # AugmentConfig overrides; {"off": true} turns all off
-    pair_by_piece: bool = True  # with a `piece` column, the two views come from two renderings of a piece
-    view_shift_seconds: Optional[float] = 0.5  # the two views at the same relative position up to +-0.5 s (two
-    #   renderings of a piece then play the same notes with other instruments); None: independent positions
+    recipe: str = "auto"  # where positives come from: "renderings" | "recordings" | "auto" (see `choose_recipe`)
+    pair_by_piece: bool = True  # renderings: the two views come from two renderings of a piece
+    view_shift_seconds: Optional[float] = 0.5  # renderings: the two views at the same relative position up to
+    #   +-0.5 s (the same notes with other instruments); None: independent positions
     cache: str = "auto"  # "memory": whole-track log-mels in RAM; "disk": read each crop; "auto": memory if it fits
     cache_mb: int = 2048  # the memory budget of "auto"
     norm_crops: int = 64  # random training crops measured for the log-mel mean and std
@@ -100,8 +104,12 @@ class TrainConfig:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.kmeans_mode not in KMEANS_MODES:
             raise ValueError(f"kmeans_mode must be one of {KMEANS_MODES}, got {self.kmeans_mode!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.batch_size < 2 or self.epochs < 1 or self.crops_per_track < 1 or self.crop_seconds <= 0:
             raise ValueError("need batch_size >= 2, epochs >= 1, crops_per_track >= 1 and crop_seconds > 0")
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
         self.encoder_config()  # fails early on a bad variant, model or frontend key
         self.augment_config()
 
@@ -351,12 +359,45 @@ def _loader(dataset: PairDataset, batches: list[list[tuple[int, int]]], d: Dist,
                       worker_init_fn=_worker_init, pin_memory=pin)
 
 
+def choose_recipe(rows: pd.DataFrame, recipe: str = "auto") -> str:
+    """Where the two views of a positive pair come from.
+
+    "renderings" (the default corpus: a `piece` column and two or more renderings of a piece): two
+    renderings of one piece at nearly the same position, so the pair shares notes, not timbre.
+    "recordings" (user audio: one recording per track): two crops from anywhere in the same track,
+    drawn independently as in CLMR (Spijkervet & Burgoyne 2021). Two crops at the same position of one
+    recording would be nearly the same audio, a pretext task the augmentations alone cannot make hard.
+    "auto" picks "renderings" when some piece has several renderings among `rows`, else "recordings".
+    """
+    if recipe != "auto":
+        return recipe
+    if "piece" in rows.columns and rows["piece"].dropna().astype(str).duplicated().any():
+        return "renderings"
+    return "recordings"
+
+
 def _groups(rows: pd.DataFrame, by_piece: bool) -> list[list[int]]:
     """Row positions grouped by piece (when asked and a `piece` column exists), else one row per group."""
     if by_piece and "piece" in rows.columns:
         key = rows["piece"].where(rows["piece"].notna(), rows["id"]).astype(str)
         return [list(idx) for idx in pd.Series(range(len(rows))).groupby(key.values, sort=True).groups.values()]
     return [[i] for i in range(len(rows))]
+
+
+def pair_dataset(crops: TrackCrops, rows: pd.DataFrame, recipe: str, cfg: TrainConfig, augment: Augment,
+                 norm: Normalizer) -> PairDataset:
+    """The positive pairs of a recipe (see `choose_recipe`)."""
+    if recipe == "renderings":
+        return PairDataset(crops, _groups(rows, cfg.pair_by_piece), cfg.crop_seconds, augment, norm,
+                           cfg.view_shift_seconds)
+    return PairDataset(crops, _groups(rows, False), cfg.crop_seconds, augment, norm, shift=None)
+
+
+def steps_per_epoch(n_groups: int, cfg: TrainConfig) -> int:
+    """crops_per_track pairs per group and epoch, kept within min_steps..max_steps over all epochs: the
+    budget grows with the library but a small one still gets enough steps and a large one ends in time."""
+    by_data = n_groups * cfg.crops_per_track // cfg.batch_size
+    return max(1, min(max(by_data, math.ceil(cfg.min_steps / cfg.epochs)), cfg.max_steps // cfg.epochs))
 
 
 def training_tracks(tracks_csv: str | os.PathLike) -> tuple[pd.DataFrame, list[dict]]:
@@ -519,6 +560,17 @@ def _summary(history: list[dict], timing: list[dict]) -> dict:
     }
 
 
+def _init_from(path: str | os.PathLike, enc_cfg: EncoderConfig, mel: MelConfig) -> tuple[dict, Normalizer]:
+    """The encoder weights and input standardisation of a checkpoint to fine-tune from."""
+    encoder, their_mel, norm = load_encoder(path)
+    if asdict(encoder.cfg) != asdict(enc_cfg) or their_mel != mel:
+        ours, theirs = {**asdict(enc_cfg), **asdict(mel)}, {**asdict(encoder.cfg), **asdict(their_mel)}
+        diff = sorted(k for k in ours if ours[k] != theirs.get(k))
+        raise UsageError(f"--init {path}: another architecture or front end than this run's (differs in {diff})")
+    log.info("fine-tuning from %s", path)
+    return encoder.state_dict(), norm
+
+
 def _score(record: dict) -> float:
     """Model selection: the lowest val NT-Xent, label-free like the training itself; without a val split,
     the last epoch. (Val k-NN accuracy over the ~60 val tracks of the default corpus swung by +-0.05 from
@@ -540,12 +592,15 @@ def _best_epoch(history: list[dict]) -> dict:
 
 
 def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: str | os.PathLike,
-          progress: bool = True, resume: bool = True, max_epochs: Optional[int] = None) -> dict:
+          progress: bool = True, resume: bool = True, max_epochs: Optional[int] = None,
+          init: Optional[str | os.PathLike] = None) -> dict:
     """Train one encoder; return the final metrics (see `_summary`) plus the per-epoch `history`.
 
     resume: continue from `out_dir/last.pt` when it exists (it must come from the same config);
     False starts afresh and overwrites. max_epochs: stop after this many epochs in this call (a
     time-boxed job; the schedule still follows `config.epochs`, and a later call resumes).
+    init: a checkpoint to fine-tune from (its encoder weights and input standardisation; the optimiser,
+    schedule and k-means centroids start afresh); its architecture and front end must be this config's.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     out = Path(out_dir)
@@ -558,7 +613,7 @@ def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: st
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
     try:
-        return _train(cfg, tracks_csv, out, progress and d.main, resume, max_epochs, d, device)
+        return _train(cfg, tracks_csv, out, progress and d.main, resume, max_epochs, d, device, init)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         if d.owns_group:
@@ -566,7 +621,7 @@ def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: st
 
 
 def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool, max_epochs: Optional[int],
-           d: Dist, device: torch.device) -> dict:
+           d: Dist, device: torch.device, init: Optional[str | os.PathLike] = None) -> dict:
     if cfg.batch_size % d.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
     tracks, skipped = training_tracks(tracks_csv)
@@ -597,18 +652,23 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
     skipped += unread + val_unread
     if not len(train_rows):
         raise CmlError(f"{tracks_csv}: none of the train tracks can be read (reasons in the log)")
-    norm = Normalizer(**state["norm"]) if state else measure_norm(train_crops, cfg.norm_crops, cfg.crop_seconds, cfg.seed)
+    init_weights = None
+    if state:
+        norm = Normalizer(**state["norm"])
+    elif init:
+        init_weights, norm = _init_from(init, enc_cfg, mel)
+    else:
+        norm = measure_norm(train_crops, cfg.norm_crops, cfg.crop_seconds, cfg.seed)
     augment = Augment(cfg.augment_config(), mel.log_offset)
-    train_set = PairDataset(train_crops, _groups(train_rows, cfg.pair_by_piece), cfg.crop_seconds, augment, norm,
-                            cfg.view_shift_seconds)
-    val_set = PairDataset(val_crops, _groups(val_rows, cfg.pair_by_piece), cfg.crop_seconds, augment, norm,
-                          cfg.view_shift_seconds)
+    recipe = choose_recipe(train_rows, cfg.recipe)
+    train_set = pair_dataset(train_crops, train_rows, recipe, cfg, augment, norm)
+    val_set = pair_dataset(val_crops, val_rows, recipe, cfg, augment, norm)
     val_data = _val_data(train_crops, train_rows, val_crops, val_rows, val_set, cfg, norm)
     n_groups = len(train_set)
-    steps_per_epoch = max(1, n_groups * cfg.crops_per_track // cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    log.info("%d training groups (%d tracks), %d steps per epoch, %d in all", n_groups, len(train_rows),
-             steps_per_epoch, total_steps)
+    epoch_steps = steps_per_epoch(n_groups, cfg)
+    total_steps = epoch_steps * cfg.epochs
+    log.info("recipe %s: %d training groups (%d tracks), %d steps per epoch, %d in all", recipe, n_groups,
+             len(train_rows), epoch_steps, total_steps)
 
     torch.manual_seed(cfg.seed)  # model init (as `untrained_encoder(config, seed)`) and dropout
     encoder = Encoder(enc_cfg)
@@ -617,7 +677,7 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
         kmeans = KMeansLoss(cfg.kmeans_k, enc_cfg.embed_dim, cfg.kmeans_mode, _generator(cfg.seed, _KMEANS))
     model = Contrastive(encoder, kmeans).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    warmup = round(cfg.warmup_epochs * epoch_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, cfg.min_lr_ratio))
     autocast, amp_dtype = _autocast(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -632,6 +692,8 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
         _set_rng_state(state["rng_state"], device)
         start_epoch, step = state["epoch"], state["step"]
         history, timing = list(state["metrics"]["history"]), list(state["metrics"]["timing"])
+    elif init_weights is not None:
+        encoder.load_state_dict(init_weights)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.world > 1 else model
 
@@ -648,8 +710,8 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
         net.train()
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "ntxent": 0.0, "kmeans": 0.0}
-        batches = epoch_batches(cfg.seed, epoch, n_groups, cfg.batch_size, steps_per_epoch)
-        bar = tqdm(_loader(train_set, batches, d, cfg.num_workers, device.type == "cuda"), total=steps_per_epoch,
+        batches = epoch_batches(cfg.seed, epoch, n_groups, cfg.batch_size, epoch_steps)
+        bar = tqdm(_loader(train_set, batches, d, cfg.num_workers, device.type == "cuda"), total=epoch_steps,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
         for v1, v2, groups in bar:
             x = torch.cat([v1, v2]).to(device, non_blocking=True)  # (2n, M, T): both views in one pass
@@ -681,10 +743,10 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0]}
         for name, total in sums.items():
-            record[f"train/{name}"] = _all_mean(total / steps_per_epoch, d, device)
+            record[f"train/{name}"] = _all_mean(total / epoch_steps, d, device)
         record.update(evaluate(model.encoder, val_data, cfg, device, autocast))
         history.append(record)
-        timing.append({"epoch": epoch + 1, "seconds": seconds, "clips": 2 * cfg.batch_size * steps_per_epoch})
+        timing.append({"epoch": epoch + 1, "seconds": seconds, "clips": 2 * cfg.batch_size * epoch_steps})
         log.info("epoch %d: loss %.4f, val NT-Xent %.4f, val k-NN %.3f, %.1f clips/s", epoch + 1,
                  record["train/loss"], record["val/ntxent"], record["val/knn_acc"], timing[-1]["clips"] / seconds)
         if d.main:
@@ -701,7 +763,7 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
         if d.world > 1:
             dist.barrier()
 
-    summary = _summary(history, timing) if history else {}
+    summary = {**_summary(history, timing), "recipe": recipe} if history else {}
     if d.main:
         skipped += [{"id": None, "path": p, "reason": r} for p, r in {**train_crops.failed, **val_crops.failed}.items()]
         pd.DataFrame(skipped, columns=["id", "path", "reason"]).to_csv(out / "skipped.csv", index=False)
@@ -734,7 +796,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resolve_device(config.device)
     check_input_file(args.tracks, "tracks table")
     check_output(args.out, folder=True)
-    metrics = train(config, args.tracks, args.out, progress=not args.quiet, resume=not args.fresh)
+    if args.init:
+        check_input_file(args.init, "--init checkpoint")
+    metrics = train(config, args.tracks, args.out, progress=not args.quiet, resume=not args.fresh, init=args.init)
     if metrics:
         print(f"{config.variant}: val NT-Xent {metrics['val_ntxent']:.3f}, k-NN {metrics['val_knn_acc']:.3f} (best epoch "
               f"{metrics['best_epoch']}: {metrics['best_val_ntxent']:.3f}, {metrics['best_val_knn_acc']:.3f}), "
@@ -751,5 +815,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--tracks", default="outputs/tracks/tracks.csv", help="track table with a split column")
     p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, live/, metrics.json")
     p.add_argument("--fresh", action="store_true", help="ignore a last.pt in --out and start again")
+    p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from this checkpoint's encoder (same variant and model)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)

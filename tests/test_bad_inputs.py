@@ -23,7 +23,7 @@ from cml.train import readable_crops, train
 
 SR = 16000
 TINY_MODEL = dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16)
-TINY_TRAIN = dict(crop_seconds=0.64, batch_size=4, epochs=1, crops_per_track=2, norm_crops=8)
+TINY_TRAIN = dict(crop_seconds=0.64, batch_size=4, epochs=1, crops_per_track=2, min_steps=1, norm_crops=8)
 
 
 def tone(path: Path, seconds: float = 2.0, freq: float = 440.0, sr: int = SR, **kw) -> Path:

@@ -21,7 +21,7 @@ def test_help_imports_no_command_module_and_no_heavy_library():
     assert not loaded & {"torch", "sklearn", "spotipy", "pandas"}
 
 
-@pytest.mark.parametrize("command,imported_by_it", [("tracks", {"cml.audio"}), ("corpus", set())])
+@pytest.mark.parametrize("command,imported_by_it", [("tracks", {"cml.audio"}), ("corpus", {"cml.soundtracks"})])
 def test_a_command_imports_its_own_module_and_what_that_imports(command, imported_by_it):
     loaded = modules_loaded(f"from cml.cli import build_parser\nbuild_parser({command!r})")
     own = f"cml.{COMMANDS[command][0]}"
@@ -32,7 +32,7 @@ def test_a_command_imports_its_own_module_and_what_that_imports(command, importe
 REQUIRED = {"scan": ["x", "--report", "r.csv"], "train": ["--out", "o"], "embed": ["m", "--out", "o"],
             "evaluate": ["f", "--out", "o"], "cluster": ["f", "--method", "kmeans"],
             "playlist": ["f", "--seeds", "a", "--length", "3", "--out", "p.csv"],
-            "spotify": ["pull", "--saved", "--out", "o.csv"]}
+            "spotify": ["pull", "--saved", "--out", "o.csv"], "soundtracks": ["fetch"]}
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

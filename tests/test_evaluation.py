@@ -7,7 +7,7 @@ import pandas as pd
 from cml import evaluation
 from cml.evaluation import evaluate_embeddings, kmeans_agreement, length_extrapolation, linear_probe_accuracy
 from cml.neighbours import leave_group_out_knn_accuracy
-from cml.tables import write_feature_table
+from cml.tables import standardise, write_feature_table
 
 
 def blobs(n_per_class=30, classes=4, dim=16, spread=0.2, seed=0):
@@ -159,3 +159,36 @@ def test_leave_group_out_knn_scores_only_the_queries_and_blocks_agree():
     whole = leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups)
     assert whole == leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups, block=7)
     assert np.isnan(leave_group_out_knn_accuracy(Xr, yr, np.zeros(300, bool)))
+
+
+def test_length_diagnostics_flag_a_space_organised_by_duration():
+    rng = np.random.default_rng(0)
+    seconds = rng.uniform(10, 600, 120)
+    clean = rng.normal(size=(120, 32))
+    by_length = clean * 0.1 + np.outer(np.log(seconds) - np.log(seconds).mean(), np.ones(32))  # one length direction
+    ok, bad = evaluation.length_diagnostics(clean, seconds), evaluation.length_diagnostics(by_length, seconds)
+    assert ok["pc1_share"] < 0.15 and abs(ok["pc1_duration_rho"]) < 0.3
+    assert bad["pc1_share"] > 0.5 and abs(bad["pc1_duration_rho"]) > 0.9
+
+
+def test_score_space_scores_every_track_and_keeps_a_piece_out_of_its_own_vote():
+    X, y, split = blobs(classes=3)
+    tracks = pd.DataFrame({"label": y, "split": split, "duration": 30.0 + np.arange(len(y))},
+                          index=[f"t{i}" for i in range(len(y))])
+    s = evaluation.score_space(X, tracks)
+    assert s["knn_acc"] == s["knn_acc_loo"] == s["knn_acc_loo_all"] == s["nmi_all"] == 1.0
+    assert {"linear_acc", "nmi", "ari", "ari_all", "pc1_share", "pc1_duration_rho"} <= set(s)
+    # a piece's other rendering (here an exact twin) never votes for it; without pieces, it does
+    rng = np.random.default_rng(1)
+    noise = rng.normal(size=(60, 8))
+    twins = pd.DataFrame({"label": rng.choice(list("abc"), 60), "split": "test"})
+    doubled = pd.concat([twins, twins], ignore_index=True)
+    X2 = np.vstack([noise, noise])
+    assert evaluation.score_space(X2, doubled, k=1)["knn_acc_loo_all"] == 1.0
+    pieces = doubled.assign(piece=[f"p{i % 60}" for i in range(120)])
+    assert evaluation.score_space(X2, pieces, k=1)["knn_acc_loo_all"] < 0.6
+    # standardised: the columns are z-scored first (handcrafted columns mix dB, Hz, ...)
+    loud = np.hstack([X, 1e3 * rng.normal(size=(len(X), 1))])
+    z = evaluation.score_space(loud, tracks, standardised=True)
+    assert z == evaluation.score_space(standardise(loud)[0], tracks)
+    assert z["pc1_share"] < 0.7 < 0.95 < evaluation.score_space(loud, tracks)["pc1_share"]

@@ -11,6 +11,7 @@ import soundfile as sf
 from cml.features import (
     DESCRIBE_COLUMNS,
     HANDCRAFTED_COLUMNS,
+    FeaturesConfig,
     class_summary,
     describe,
     extract_features,
@@ -170,6 +171,19 @@ def test_extract_features_max_seconds_and_kind(tmp_path):
         extract_features(tracks, kind="mfcc", progress=False)
     with pytest.raises(ValueError, match="path"):
         extract_features(tracks[["id"]], progress=False)
+
+
+def test_the_baseline_reads_the_whole_track_and_the_descriptors_its_start(tmp_path):
+    """A track whose second half differs: the handcrafted baseline sees it, the described start does not."""
+    wave = np.concatenate([sine(440.0, seconds=2.0), 0.5 * np.random.default_rng(0).standard_normal(2 * SR)])
+    tracks = pd.DataFrame({"id": ["t"], "path": [write(tmp_path / "t.wav", wave.astype(np.float32))]})
+    whole, _ = extract_features(tracks, sample_rate=SR, kind="both", describe_seconds=2.0, progress=False)
+    start, _ = extract_features(tracks, sample_rate=SR, kind="both", max_seconds=2.0, progress=False)
+    assert whole.loc[0, "duration_s"] == pytest.approx(4.0) and start.loc[0, "duration_s"] == pytest.approx(2.0)
+    described = [c for c in DESCRIBE_COLUMNS if c != "duration_s"]
+    np.testing.assert_allclose(whole[described].to_numpy(), start[described].to_numpy())
+    assert not np.allclose(whole[HANDCRAFTED_COLUMNS].to_numpy(), start[HANDCRAFTED_COLUMNS].to_numpy())
+    assert FeaturesConfig().max_seconds is None  # the baseline summarises whole recordings by default
 
 
 def test_standardise_handles_constant_and_nan_columns():

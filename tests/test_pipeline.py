@@ -41,6 +41,7 @@ TINY_PARAMS = {
         "batch_size": 4,
         "epochs": 1,
         "crops_per_track": 2,
+        "min_steps": 1,
     },
 }
 

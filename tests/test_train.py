@@ -12,11 +12,12 @@ from cml.audio import MelConfig
 from cml.augment import Augment, AugmentConfig
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
 from cml.errors import UsageError
-from cml.train import PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, epoch_batches, register_cli, train
+from cml.train import (PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, choose_recipe,
+                       epoch_batches, pair_dataset, register_cli, steps_per_epoch, train)
 
 SR = 16000
 TINY = dict(model=dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16), crop_seconds=0.64, batch_size=4,
-            epochs=2, crops_per_track=2, lr=3e-3, norm_crops=8)
+            epochs=2, crops_per_track=2, min_steps=1, lr=3e-3, norm_crops=8)
 
 
 def synth(kind: str, i: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
@@ -53,7 +54,7 @@ def tracks(tmp_path_factory) -> Path:
 def test_loss_falls_on_a_tiny_overfit_set(tmp_path):
     csv = make_tracks(tmp_path, n=6)  # 4 training tracks, one batch of all of them
     cfg = {**TINY, "epochs": 6, "crops_per_track": 6, "augment": {"off": True}, "warmup_epochs": 0.5,
-           "temperature": 0.1}
+           "temperature": 0.1, "recipe": "renderings"}  # aligned views: an easy task to overfit
     history = train(cfg, csv, tmp_path / "out", progress=False)["history"]
     first, last = history[0]["train/ntxent"], history[-1]["train/ntxent"]
     assert last < 0.5 * first, (first, last)
@@ -153,6 +154,58 @@ def test_aligned_views_take_the_same_passage_of_both_renderings(tmp_path):
     gaps = [abs(x - y) for x, y in (starts(*jittered[(0, seed)][:2]) for seed in range(20))]
     assert max(gaps) <= 20 and max(gaps) > 0  # within +-0.2 s = 20 frames
     assert max(abs(x - y) for x, y in (starts(*free[(0, seed)][:2]) for seed in range(20))) > 20
+
+
+def test_the_recipe_follows_the_data_renderings_of_a_piece_or_single_recordings(tmp_path):
+    rows = pd.read_csv(make_tracks(tmp_path, n=4, piece=True))
+    assert choose_recipe(rows) == "renderings"  # two renderings of each piece
+    assert choose_recipe(rows.drop(columns="piece")) == "recordings"
+    assert choose_recipe(rows.assign(piece=list("abcd"))) == "recordings"  # one rendering per piece
+    assert choose_recipe(rows.assign(piece=None)) == "recordings"
+    assert choose_recipe(rows, "recordings") == "recordings"
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        TrainConfig(recipe="pieces")
+
+
+def test_single_recordings_pair_two_crops_from_anywhere_in_the_track(tmp_path):
+    rows = pd.read_csv(make_tracks(tmp_path, n=2))
+    crops = TrackCrops(list(rows["path"]), [30.0, 30.0], MelConfig(), in_memory=True, progress=False)
+    crops.logmels = [torch.arange(3000, dtype=torch.float32).expand(64, 3000) / 100] * 2  # a crop shows its start
+    cfg = TrainConfig(crop_seconds=0.64)  # view_shift_seconds 0.5 applies to renderings only
+    off = Augment(AugmentConfig.off())
+    starts = lambda data, seed: [round(float(v[0, 0]) * 100) for v in data[(0, seed)][:2]]
+    gaps = [abs(a - b) for a, b in (starts(pair_dataset(crops, rows, "recordings", cfg, off, Normalizer()), s)
+                                    for s in range(20))]
+    assert max(gaps) > 500  # positions drawn independently over the whole 30 s track
+    rendered = pair_dataset(crops, rows.assign(piece="p"), "renderings", cfg, off, Normalizer())
+    assert len(rendered) == 1 and max(abs(a - b) for a, b in (starts(rendered, s) for s in range(20))) <= 50
+
+
+def test_the_step_budget_grows_with_the_library_within_its_bounds():
+    cfg = TrainConfig()  # 18 epochs, 8 pairs per track and epoch, 32 pairs a step, 648..6000 steps
+    assert steps_per_epoch(146, cfg) == 36  # the default corpus: 146 pieces -> 648 steps
+    assert steps_per_epoch(94, cfg) * cfg.epochs == 648  # 100 tracks: the minimum, not 414 steps
+    assert steps_per_epoch(200, cfg) == 50  # by the data
+    assert steps_per_epoch(10_000, cfg) * cfg.epochs == 5994  # 10k tracks: capped, not 45,000 steps
+    assert steps_per_epoch(3, TrainConfig(min_steps=1)) == 1
+    with pytest.raises(ValueError, match="min_steps <= max_steps"):
+        TrainConfig(min_steps=700, max_steps=600)
+
+
+def test_fine_tuning_starts_from_the_checkpoint_weights_and_standardisation(tracks, tmp_path):
+    train({**TINY, "epochs": 1}, tracks, tmp_path / "pre", progress=False)
+    pre, _, pre_norm = load_encoder(tmp_path / "pre" / "best.pt")
+    frozen = {**TINY, "epochs": 1, "lr": 0.0, "seed": 5}  # lr 0: the weights stay where they start
+    train(frozen, tracks, tmp_path / "tuned", progress=False, init=tmp_path / "pre" / "best.pt")
+    tuned, _, tuned_norm = load_encoder(tmp_path / "tuned" / "best.pt")
+    assert tuned_norm == pre_norm
+    assert all(torch.equal(a, b) for a, b in zip(pre.state_dict().values(), tuned.state_dict().values()))
+    train(frozen, tracks, tmp_path / "scratch", progress=False)
+    scratch, _, _ = load_encoder(tmp_path / "scratch" / "best.pt")
+    assert not torch.equal(scratch.patch.linear.weight, pre.patch.linear.weight)
+    other = {**TINY, "epochs": 1, "model": {**TINY["model"], "dim": 16}}
+    with pytest.raises(UsageError, match=r"another architecture.*\['dim'\]"):
+        train(other, tracks, tmp_path / "bad", progress=False, init=tmp_path / "pre" / "best.pt")
 
 
 def test_best_epoch_is_the_lowest_val_loss_or_the_last_without_val():
