@@ -1,12 +1,16 @@
 """One embedding per track from a trained (or untrained) encoder: the input of evaluation and clustering.
 
-A track is embedded from a FULL-LENGTH pass by default: its whole log-mel (`track_logmel`, computed block
-by block) is standardised with the checkpoint's `Normalizer` and goes through `Encoder.embed` in one
-pass, batch of 1 since lengths differ. Every positional variant accepts inputs longer than its training
-crops, so nothing is cut or averaged. `mode="chunked"` averages the embeddings of fixed windows instead
-(`Encoder.embed_chunked`): for comparison with the one-pass embedding, and when a track is too long for
-memory. `crop_embeddings` embeds centred crops of 1x to 64x the training crop length next to
-the full track, for the length-extrapolation table.
+A track's embedding is the mean of the embeddings of WINDOWS of its log-mel (`mode="chunked"`, the default;
+`Encoder.embed_chunked`): `window_seconds` long (by default 8x the training crop, 32 s, the longest input
+every variant is checked on), one every half window, the last aligned to the end. A track no longer than
+a window is one pass over the whole track, so the default corpus (excerpts up to 30 s) is embedded exactly
+as by one pass. Longer tracks never meet positions far beyond training: one pass over a 7-minute track
+gives absolute positions (sincos) a length-dependent offset that the mean pooling keeps, so tracks sort
+by length (README, "Real recordings"); windows keep the embedding of the same music the same at any
+length, and cost time linear in length instead of quadratic. `mode="full"` is the one pass, any length.
+The log-mel (`track_logmel`, computed block by block) is standardised with the checkpoint's `Normalizer`.
+`crop_embeddings` embeds centred crops of 1x to 64x the training crop length in one pass each, and the
+whole track in one pass, for the length-extrapolation table.
 
 Output is the project's one feature-table format (`cml.tables`: Parquet with `id`, optional `label`,
 `path`, then the feature columns f0..f{d-1}; see that module's docstring). A `split` column is carried
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("full", "chunked")
 UNTRAINED = "untrained:"  # MODEL prefix of the random-init baseline
+WINDOW_CROPS = 8  # the default window of the track embedding, in training crops
+DEFAULT_CROP_SECONDS = 4.0  # the recipe's training crop (TrainConfig.crop_seconds), for a model without one (untrained)
 CROP_MULTIPLES = (1, 2, 4, 8, 16, 32, 64)  # up to 4.3 min at the 4 s default crop: real tracks run for minutes
 TRAINING_CROP = 0.0  # --crops without a value (no valid crop is 0): the crop length the checkpoint was trained on
 NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
@@ -139,32 +145,31 @@ def embed_tracks(
     mel_config: MelConfig,
     normalizer: Normalizer,
     tracks: pd.DataFrame,
-    mode: str = "full",
+    mode: str = "chunked",
     window_seconds: Optional[float] = None,
     max_seconds: Optional[float] = None,
     progress: bool = True,
 ) -> Embedded:
     """One embedding per row of `tracks` (columns id, path, optional label and split).
 
-    mode "full": the whole track (or its first `max_seconds`) in one encoder pass. mode "chunked":
-    the mean embedding of consecutive `window_seconds` windows (the last one aligned to the end), so a
-    window at least as long as the track gives exactly the full pass. The encoder runs in eval mode
-    (no dropout) whatever mode it was handed in, and is left as it was.
+    mode "chunked": the mean embedding of `window_seconds` windows (default 8 x 4 s) starting every half
+    window (the last one aligned to the end), so a window at least as long as the track gives exactly the
+    full pass.
+    mode "full": the whole track (or its first `max_seconds`) in one encoder pass. The encoder runs in
+    eval mode (no dropout) whatever mode it was handed in, and is left as it was.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "chunked" and not window_seconds:
-        raise ValueError("mode 'chunked' needs window_seconds")
     _check_inputs(encoder, mel_config, tracks)
     max_frames = frames(max_seconds, mel_config) if max_seconds else None
-    window = frames(window_seconds, mel_config) if mode == "chunked" else None
+    window = frames(window_seconds or WINDOW_CROPS * DEFAULT_CROP_SECONDS, mel_config) if mode == "chunked" else None
     kept, seconds, vectors, skipped = [], [], [], []
     rows = tracks.itertuples(index=False)
     for i, row in enumerate(tqdm(rows, total=len(tracks), desc=f"embed ({mode})", unit="track", disable=not progress)):
         try:
             with _eval_mode(encoder) as device:
                 x = normalizer(_logmel(row.path, mel_config, max_frames))[None].to(device)  # (1, M, T)
-                e = encoder.embed(x) if window is None else encoder.embed_chunked(x, window)
+                e = encoder.embed(x) if window is None else encoder.embed_chunked(x, window, max(1, window // 2))
         except TRACK_ERRORS as err:
             _skip(skipped, row, f"{type(err).__name__}: {err}")
             continue
@@ -327,8 +332,6 @@ def _outputs(args: argparse.Namespace) -> list[Path]:
 def _cmd_embed(args: argparse.Namespace) -> int:
     if bool(args.audio_dir) == bool(args.tracks):
         raise UsageError("give either AUDIO_DIR or --tracks FILE (not both)")
-    if args.mode == "chunked" and not args.window_seconds:
-        raise UsageError("--mode chunked needs --window-seconds")
     device = resolve_device(args.device)
     _outputs(args)
     untrained = args.model.startswith(UNTRAINED)
@@ -340,10 +343,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         if isinstance(err, CmlError):
             raise
         raise UsageError(f"{args.model}: {one_line(err)}") from err
+    training_crop = None if untrained else read_checkpoint(args.model)["train_config"].get("crop_seconds")
     if args.crops == TRAINING_CROP:
-        if untrained:
-            raise UsageError("--crops needs CROP_SECONDS with untrained:VARIANT (it has no training crop)")
-        args.crops = float(read_checkpoint(args.model)["train_config"]["crop_seconds"])
+        if training_crop is None:
+            raise UsageError(f"--crops needs CROP_SECONDS with {args.model} (it has no training crop)")
+        args.crops = float(training_crop)
+    window_seconds = args.window_seconds or WINDOW_CROPS * float(training_crop or DEFAULT_CROP_SECONDS)
     tracks, scan_skipped = _read_tracks(args)
     if normalizer is None:
         pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
@@ -357,8 +362,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             Embedded(res.tracks, X, res.skipped).write(out.with_name(f"{out.stem}.{name}{out.suffix}"))
         written, skipped = f"{out.stem}.{{{','.join(res.X)}}}{out.suffix}", res.skipped
     else:
-        res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, args.window_seconds,
-                           args.max_seconds, progress)
+        res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds, progress)
         res.write(out)
         written, skipped = out, res.skipped
     skipped = pd.concat([scan_skipped, skipped], ignore_index=True) if len(scan_skipped) else skipped
@@ -382,8 +386,10 @@ def register_cli(subparsers) -> None:
     p.add_argument("--tracks", help="track table (CSV with id, path, [label, split]) instead of AUDIO_DIR")
     p.add_argument("--out", required=True, help="feature table to write (.parquet; .csv also works)")
     p.add_argument("--skipped", help="CSV of skipped files/tracks (id, path, reason)")
-    p.add_argument("--mode", choices=MODES, default="full", help="one pass per track, or averaged windows")
-    p.add_argument("--window-seconds", type=positive, help="window length of --mode chunked")
+    p.add_argument("--mode", choices=MODES, default="chunked",
+                   help="chunked: the mean of overlapping windows (a track within one window: one pass); full: one pass")
+    p.add_argument("--window-seconds", type=positive, help=f"window of --mode chunked (default {WINDOW_CROPS}x the "
+                                                          f"training crop; {WINDOW_CROPS * DEFAULT_CROP_SECONDS:g} s untrained)")
     p.add_argument("--max-seconds", type=positive, help="embed at most the first S seconds of each track")
     p.add_argument("--crops", type=positive, nargs="?", const=TRAINING_CROP, metavar="CROP_SECONDS",
                    help="length-extrapolation run: write OUT.{1x,2x,...,64x,full}.parquet from centred crops "

@@ -235,7 +235,6 @@ EMBED_USAGE = [  # (extra arguments, fragment of the message)
     (["--max-seconds", "0"], "must be a finite number > 0"),
     (["--window-seconds", "-2", "--mode", "chunked"], "must be a finite number > 0"),
     (["--crops", "nan"], "must be a finite number > 0"),
-    (["--mode", "chunked"], "--window-seconds"),
     (["--only-split", "validation"], "not a split"),
     (["--device", "cuda:7"], "no such CUDA device"),
     (["--device", "tpu:0"], "not a device name"),

@@ -333,3 +333,19 @@ def test_flops_match_pytorch_flop_counter(variant, pool, frames):
     with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         model(spectrogram(3, frames))
     assert model.flops(frames, batch=3) == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_neither_half_of_the_pooled_statistics_swamps_the_other(variant):
+    """Statistics pooling: the mean and the std halves enter the embedding with comparable norms (the final
+    LayerNorm puts every token at unit scale, so how much the tokens vary is a full half of the input to
+    the embedding layer, not a rounding error beside the mean). README, "Real recordings" has the ratio of
+    trained encoders."""
+    model = Encoder(EncoderConfig(variant=variant)).eval()
+    pooled = []
+    model.to_embed.register_forward_hook(lambda module, args, out: pooled.append(args[0]))
+    with torch.no_grad():
+        model.embed(spectrogram(4, 400, mels=64))
+    mean, std = pooled[0].chunk(2, dim=-1)
+    ratio = std.norm(dim=-1) / mean.norm(dim=-1)
+    assert bool(((ratio > 0.1) & (ratio < 10)).all()), ratio
