@@ -31,7 +31,7 @@ repro: setup data  ## run the whole pipeline (dvc repro)
 # The benchmark on real recordings: six game soundtracks Debian ships (133 recordings, 5.6 h), labelled by game.
 # DVC applies the experiment to the workspace: params.yaml and outputs/ then hold it; to go back to the committed
 # study: git checkout params.yaml && dvc checkout. A second run needs another name (-n) or dvc exp run -f.
-soundtracks: setup data  ## benchmark on real recordings (Debian's game soundtracks, 3 seeds): about an hour
+soundtracks: setup data  ## benchmark on real recordings (Debian's game soundtracks, 3 seeds): about 75 min on 2 cores
 	cml soundtracks fetch
 	dvc exp run -n soundtracks -S '++corpus.source=soundtracks' -S 'study.audio=corpus' -S 'study.seeds=[0,1,2]'
 	@echo "results: dvc exp show --only-changed (params and metrics of every experiment), outputs/evaluate/"
