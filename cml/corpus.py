@@ -37,7 +37,7 @@ from cml.errors import CmlError, check_input_file, check_output, one_line
 from cml.params import Study, build, load_config, parse_section
 from cml.soundtracks import MANIFEST_COLUMNS as SOUNDTRACK_COLUMNS
 from cml.soundtracks import SOUNDTRACKS, build_soundtracks, check_labels
-from cml.sources import resolve_audio_dir
+from cml.sources import resolve_audio_dir, slug
 
 # music21 and pretty_midi are imported where they are used: music21 alone takes ~1 s to import,
 # which `cml --help` and every other stage should not pay.
@@ -202,7 +202,7 @@ def list_pieces(label: str) -> list[Piece]:
         composer = folder if spec.composer == FOLDER else spec.composer
         for path in sorted(files.values()):
             rel = path.relative_to(base.parent).as_posix()
-            stem = _slug(rel.rsplit(".", 1)[0])
+            stem = slug(rel.rsplit(".", 1)[0])
             if spec.tunes:
                 pieces += [Piece(f"{stem}-x{n}", label, path, f"{rel}#{n}", composer, n) for n in _tune_numbers(path)]
             else:
@@ -211,10 +211,6 @@ def list_pieces(label: str) -> list[Piece]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"class {label!r}: piece ids collide; narrow its patterns in CLASSES")
     return pieces
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
 def _tune_numbers(path: Path) -> list[int]:

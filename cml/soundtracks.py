@@ -26,7 +26,6 @@ import hashlib
 import logging
 import multiprocessing
 import os
-import re
 import shlex
 import subprocess
 import tempfile
@@ -40,6 +39,7 @@ import soxr
 from tqdm import tqdm
 
 from cml.errors import CmlError, UsageError, one_line
+from cml.sources import slug
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,6 @@ def extract_music(deb: Path, spec: Soundtrack, dest: Path) -> None:
         raise CmlError(f"cannot extract the music of {deb} ({spec.package}): {reason}")
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
-
-
 @dataclass(frozen=True)
 class Track:
     """One Ogg file to transcode."""
@@ -184,7 +180,7 @@ def list_tracks(label: str, root: Path) -> list[Track]:
                 if file.is_file() and file.suffix.lower() == MUSIC_SUFFIX:
                     rel = file.relative_to(folder).with_suffix("").as_posix()
                     source = f"{spec.package}={spec.version}:{file.relative_to(root).as_posix()}"
-                    tracks.append(Track(f"{label}__{_slug(rel)}", label, file, source))
+                    tracks.append(Track(f"{label}__{slug(rel)}", label, file, source))
     ids = [t.id for t in tracks]
     if len(set(ids)) != len(ids):
         raise CmlError(f"soundtrack {label!r}: track ids collide: {sorted({i for i in ids if ids.count(i) > 1})}")

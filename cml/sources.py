@@ -5,6 +5,7 @@ user's first `dvc repro` on their own music renders no corpus that no later stag
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cml.params import AUDIO_SOURCES
@@ -23,3 +24,8 @@ def resolve_audio_dir(source: str, corpus_dir: Path, data_dir: Path) -> tuple[st
     if source == "data" or (source == "auto" and has_audio_files(user_audio)):
         return "data", user_audio
     return "corpus", Path(corpus_dir) / "audio"
+
+
+def slug(text: str) -> str:
+    """A file-name-safe id part: every run of characters other than letters, digits and dots becomes one '-'."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
