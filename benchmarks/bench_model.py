@@ -39,7 +39,7 @@ import torch
 
 from cml.audio import MelConfig
 from cml.checkpoint import Normalizer, untrained_encoder
-from cml.embed import embed_tracks, frames, load_model
+from cml.embed import embed_tracks, load_model
 from cml.losses import nt_xent
 from cml.model import VARIANTS, Encoder, EncoderConfig
 
@@ -89,7 +89,7 @@ def train_throughput(variant: str, crop_seconds: float, batch: int, steps: int, 
     torch.manual_seed(0)
     model = Encoder(EncoderConfig(variant=variant)).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    n_frames = frames(crop_seconds, MelConfig())
+    n_frames = MelConfig().frames(crop_seconds)
     x = torch.randn(2 * batch, model.cfg.n_mels, n_frames)  # first half view 1, second half view 2
 
     def step() -> None:
@@ -154,7 +154,7 @@ PEAK_SCRIPT = """
 import re, resource, sys, time, torch, pandas as pd
 from cml.audio import MelConfig
 from cml.checkpoint import Normalizer, untrained_encoder
-from cml.embed import embed_tracks, frames
+from cml.embed import embed_tracks
 from cml.model import EncoderConfig
 
 def high_water_kib():
@@ -180,7 +180,7 @@ wall = time.perf_counter() - start
 peak = high_water_kib()
 reason = res.skipped["reason"].iloc[0].replace(" ", "_") if len(res.skipped) else "ok"
 seconds = res.tracks["seconds"].sum() if mode == "full" else 4.0
-print(base, peak, wall, encoder.n_tokens(frames(seconds, MelConfig())), reason)
+print(base, peak, wall, encoder.n_tokens(MelConfig().frames(seconds)), reason)
 """
 
 

@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -54,6 +54,18 @@ class Normalizer:
 
     def to_dict(self) -> dict[str, float]:
         return {"mean": float(self.mean), "std": float(self.std)}
+
+    @classmethod
+    def measure(cls, logmels: Iterable[Tensor]) -> "Normalizer":
+        """Mean and std of every log-mel value of a sample: the one estimate, for trained (random training
+        crops) and untrained encoders (the first seconds of some tracks) alike. An empty sample, or one
+        without spread, standardises nothing it cannot measure."""
+        values = [x.double().flatten() for x in logmels]
+        if not values or not sum(len(v) for v in values):
+            return cls()
+        x = torch.cat(values)
+        std = float(x.std()) if len(x) > 1 else 0.0
+        return cls(float(x.mean()), std if std > 0 else 1.0)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -12,7 +12,7 @@ neighbour counting the point itself (the core distance of DBSCAN and HDBSCAN), s
 lies farthest below the chord from its first to its last point, i.e. the knee (Satopää et al. 2011,
 "Kneedle"). Points left of the knee sit in dense regions; the steep tail is noise.
 
-Metrics (:func:`evaluate`): against true labels where a row has one, NMI, ARI, V-measure and purity, with
+Metrics (:func:`partition_scores`): against true labels where a row has one, NMI, ARI, V-measure and purity, with
 noise (-1) counted as one more cluster; always the number of clusters, the noise fraction, and the
 silhouette and Davies-Bouldin scores on the non-noise points (``None`` when undefined: fewer than two
 clusters or every point in its own cluster). Silhouette is computed on a seeded sample of at most 5000
@@ -54,6 +54,10 @@ NEEDS_K = {*ELKI_HIERARCHICAL, "elki-kmeans", "kmeans"}
 SILHOUETTE_SAMPLE = 5000
 
 
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is no count
+
+
 @dataclass
 class ClusterTestingConfig:
     """The ClusterTesting notebook (stage `cluster_testing`): every feature space x every method."""
@@ -68,11 +72,37 @@ class ClusterTestingConfig:
     audio_seconds: float = 6.0  # excerpt length, from the middle of each track
 
     def __post_init__(self) -> None:
+        """Every value in its domain, or a one-line ValueError naming the key (`load_config` adds the file)."""
+        if not isinstance(self.methods, list) or not self.methods:
+            raise ValueError(f"methods must be a non-empty list of {', '.join(METHODS)}; got {self.methods!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        for key in ("embeddings", "elki_embeddings"):
+            value, words = getattr(self, key), "'all', 'trained'" if key == "elki_embeddings" else "'all'"
+            if not (isinstance(value, str) or (isinstance(value, list) and value
+                                               and all(isinstance(v, str) for v in value))):
+                raise ValueError(f"{key} must be {words} or a list of feature-space names, got {value!r}")
+        if self.k is not None and not (_integer(self.k) and self.k >= 2):
+            raise ValueError(f"k must be an integer >= 2, or null for the number of true labels; got {self.k!r}")
         if self.split not in ("all", "test"):
             raise ValueError(f"split must be 'all' or 'test', got {self.split!r}")
+        if not (_integer(self.seed) and self.seed >= 0):
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not (_integer(self.medoids_per_cluster) and self.medoids_per_cluster >= 1):
+            raise ValueError(f"medoids_per_cluster must be an integer >= 1, got {self.medoids_per_cluster!r}")
+        if not ((_integer(self.audio_seconds) or isinstance(self.audio_seconds, float))
+                and 0 < self.audio_seconds < float("inf")):
+            raise ValueError(f"audio_seconds must be a finite number > 0, got {self.audio_seconds!r}")
+
+    def rows(self, tracks: pd.DataFrame) -> pd.DataFrame:
+        """The tracks to cluster: all of them, or (``split: test``) the test split's; a one-line ValueError
+        when that leaves fewer than two."""
+        rows = tracks if self.split == "all" else tracks[tracks["split"] == "test"]
+        if len(rows) < 2:
+            raise ValueError(f"cluster_testing.split {self.split!r} selects {len(rows)} of {len(tracks)} tracks; "
+                             "clustering needs at least 2 (split: all takes every track)")
+        return rows
 
 
 @dataclass
@@ -192,7 +222,7 @@ def _internal(X: np.ndarray, labels: np.ndarray, seed: int) -> dict:
             "davies_bouldin": float(metrics.davies_bouldin_score(Xc, lc))}
 
 
-def evaluate(X: np.ndarray, labels: np.ndarray, true_labels=None, *, seed: int = 0) -> dict:
+def partition_scores(X: np.ndarray, labels: np.ndarray, true_labels=None, *, seed: int = 0) -> dict:
     """Clustering metrics (see the module docstring); X should be what was clustered (normalised or not)."""
     labels = np.asarray(labels)
     out = {"n": int(len(labels)), "n_clusters": int(len(np.unique(labels[labels >= 0]))),
@@ -208,6 +238,14 @@ def evaluate(X: np.ndarray, labels: np.ndarray, true_labels=None, *, seed: int =
                        v_measure=float(metrics.v_measure_score(t, p)),
                        purity=purity(t, p))
     return out
+
+
+def cluster_scores(X: np.ndarray, result: ClusterResult, true_labels=None, *, seed: int = 0) -> dict:
+    """:func:`partition_scores` of a clustering of the rows of X, scored in the space they were clustered in (unit
+    rows unless ``normalise=False`` was asked): what `cml cluster` writes and each row of the ClusterTesting
+    grid holds, so both compute every key the same way."""
+    X = l2_normalise(X) if result.params.get("normalise", True) else X
+    return partition_scores(X, result.labels, true_labels, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +322,7 @@ def select_spaces(names: Sequence[str], select: str | Sequence[str]) -> list[str
 def run_grid(tables: Mapping[str, FeatureTable], methods: Sequence[str] = METHODS, k: int | None = None,
              seed: int = 0, *, elki_on: Sequence[str] | None = None, normalise: bool = True,
              progress: bool = False) -> pd.DataFrame:
-    """Cluster every table with every method and score it with :func:`evaluate`: one row per pair.
+    """Cluster every table with every method and score it with :func:`cluster_scores`: one row per pair.
 
     ``k=None`` takes the number of true labels of each table. ``elki_on`` limits the ELKI methods to
     those tables (each ELKI call starts a JVM, ~1 s); None runs them everywhere. A pair that fails (ELKI
@@ -307,8 +345,7 @@ def run_grid(tables: Mapping[str, FeatureTable], methods: Sequence[str] = METHOD
             log.warning("%s x %s skipped: %s", name, method, err)
             rows.append({**row, "error": str(err).splitlines()[0]})
             continue
-        X = l2_normalise(table.X) if normalise else table.X
-        rows.append({**row, **evaluate(X, result.labels, table.labels, seed=seed), "seconds": result.seconds,
+        rows.append({**row, **cluster_scores(table.X, result, table.labels, seed=seed), "seconds": result.seconds,
                      "error": None})
     grid = pd.DataFrame(rows).astype({"k": "Int64"})
     first = [c for c in ("embedding", "method", "k", "n", "n_labelled", *GRID_METRICS, "seconds") if c in grid]
@@ -423,7 +460,7 @@ OPTION_METHODS = {"k": NEEDS_K, "height": set(ELKI_HIERARCHICAL), "eps": {"dbsca
                   "min_pts": set(DENSITY), "min_cluster_size": {"hdbscan", "elki-hdbscan"}, "variant": {"elki-kmeans"}}
 
 
-def _run_cli(args: argparse.Namespace) -> int:
+def _cmd_cluster(args: argparse.Namespace) -> int:
     unused = [f"--{name.replace('_', '-')}" for name, methods in OPTION_METHODS.items()
               if getattr(args, name) is not None and args.method not in methods]
     if unused:
@@ -434,6 +471,8 @@ def _run_cli(args: argparse.Namespace) -> int:
         if out:
             check_output(out)
     table = read_cli_table(args, l2=not args.no_normalise)
+    if args.standardise:
+        table.X = standardise(table.X)[0]  # as `load_tables` does for the grid's handcrafted baseline
     k = args.k
     if k is None and args.method in NEEDS_K and args.height is None:
         k = n_labels(table.labels)
@@ -445,9 +484,8 @@ def _run_cli(args: argparse.Namespace) -> int:
     opts = {name: getattr(args, name) for name in ("height", "eps", "min_pts", "min_cluster_size", "variant")
             if getattr(args, name) is not None}
     result = cluster(table.X, args.method, k=k, seed=args.seed, normalise=not args.no_normalise, **opts)
-    X = l2_normalise(table.X) if not args.no_normalise else table.X
     scores = {"method": args.method, **result.params, "seconds": result.seconds,
-              **evaluate(X, result.labels, table.labels, seed=args.seed)}
+              **cluster_scores(table.X, result, table.labels, seed=args.seed)}
     if args.out:
         pd.DataFrame({"id": table.ids, "cluster": result.labels}).to_csv(args.out, index=False)
     if args.metrics:
@@ -470,6 +508,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--variant", choices=elki.KMEANS_VARIANTS, help="elki-kmeans algorithm (default lloyd)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-normalise", action="store_true", help="cluster raw features, not L2-normalised rows")
+    p.add_argument("--standardise", action="store_true",
+                   help="z-score every column first (features in mixed units, like the handcrafted baseline: "
+                        "the ClusterTesting notebook clusters it so)")
     p.add_argument("--out", help="write id,cluster CSV here (noise = -1)")
     p.add_argument("--metrics", help="write the metrics JSON here")
-    p.set_defaults(func=_run_cli)
+    p.set_defaults(func=_cmd_cluster)

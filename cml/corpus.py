@@ -485,7 +485,7 @@ def _warn_stale(out_dir: Path, manifest: pd.DataFrame) -> None:
         log.warning("%d FLAC files under %s are not in this manifest (left from an earlier build)", len(stale), out_dir / "audio")
 
 
-def _cli(args: argparse.Namespace) -> int:
+def _cmd_corpus(args: argparse.Namespace) -> int:
     config = parse_section(args.params, "corpus", CorpusConfig.from_dict)  # a UsageError names the mistake
     study = load_config(args.params, "study", Study)
     out = check_output(args.out, folder=True)
@@ -515,4 +515,4 @@ def register_cli(subparsers) -> None:
     p.add_argument("--data", default="data", help="user data folder: no corpus is rendered when the study runs on "
                                                    "its audio (study.audio)")
     p.add_argument("--out", default="outputs/corpus", help="output directory")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cmd_corpus)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cml.audio import scan_audio, write_skip_report
 from cml.errors import CmlError, check_output
 from cml.params import Study, load_config
+from cml.scan import scan_audio, write_skip_report
 from cml.sources import resolve_audio_dir
 from cml.split import split_tracks
 from cml.tables import TRACK_TEXT_COLUMNS, read_csv_text_ids
@@ -88,7 +88,7 @@ def build_tracks(
     return tracks, scan.skipped, source
 
 
-def run_tracks(args: argparse.Namespace) -> int:
+def _cmd_tracks(args: argparse.Namespace) -> int:
     config = load_config(args.params, "tracks", TracksConfig)
     study = load_config(args.params, "study", Study)
     out = check_output(args.out, folder=True)
@@ -111,4 +111,4 @@ def register_cli(subparsers) -> None:
     p.add_argument("--corpus", default="outputs/corpus", help="rendered default corpus folder")
     p.add_argument("--data", default="data", help="user data folder (audio under data/audio)")
     p.add_argument("--out", default="outputs/tracks")
-    p.set_defaults(func=run_tracks)
+    p.set_defaults(func=_cmd_tracks)

@@ -10,9 +10,9 @@ object ids or on file order, and we check that every row comes back exactly once
 
 Finding ELKI: the ``ELKI_JAR`` environment variable, then Debian's ``/usr/share/java/elki.jar``
 (package ``elki``, 0.7.1; its ``elki-cli`` wrapper fails on Java 17, so we call ``java -cp`` ourselves
-with ``trove4j.jar`` and ``libsvm3.jar`` from the same folder). ELKI 0.8's renamed classes (package
-``elki.*``, ``CutDendrogramByNumberOfClusters``, ...) are used when the jar has them; only 0.7.1 is tested
-here, and the full dendrogram output is parsed for 0.7.x only.
+with ``trove4j.jar`` and ``libsvm3.jar`` from the same folder). Only ELKI 0.7.x is supported: its class
+names and its dendrogram output are what this module speaks (ELKI 0.8 renamed its packages); a jar without
+them is refused with a one-line error.
 
 Errors: parameters ELKI cannot accept (k or min_pts out of range for n rows, eps or height not finite, ...)
 raise ValueError before any JVM starts. When ELKI itself fails, :class:`ElkiError` carries ELKI's own
@@ -55,50 +55,26 @@ KMEANS_VARIANTS = ("lloyd", "elkan", "hamerly")
 
 _P7 = "de.lmu.ifi.dbs.elki."
 _H7 = _P7 + "algorithm.clustering.hierarchical."
-CLASSES = {
-    "0.7": {
-        "app": _P7 + "application.KDDCLIApplication",
-        "writer": _P7 + "result.ResultWriter",
-        "no_eval": _P7 + "evaluation.NoAutomaticEvaluation",
-        "euclidean": _P7 + "distance.distancefunction.minkowski.EuclideanDistanceFunction",
-        "sqeuclidean": _P7 + "distance.distancefunction.minkowski.SquaredEuclideanDistanceFunction",
-        "slink": _H7 + "SLINK",
-        "anderberg": _H7 + "AnderbergHierarchicalClustering",
-        "hdbscan": _H7 + "HDBSCANLinearMemory",
-        "single": _H7 + "SingleLinkageMethod",
-        "complete": _H7 + "CompleteLinkageMethod",
-        "average": _H7 + "GroupAverageLinkageMethod",
-        "ward": _H7 + "WardLinkageMethod",
-        "cut": _H7 + "extraction.ExtractFlatClusteringFromHierarchy",
-        "hdbscan_extract": _H7 + "extraction.HDBSCANHierarchyExtraction",
-        "lloyd": _P7 + "algorithm.clustering.kmeans.KMeansLloyd",
-        "elkan": _P7 + "algorithm.clustering.kmeans.KMeansElkan",
-        "hamerly": _P7 + "algorithm.clustering.kmeans.KMeansHamerly",
-        "kmeans++": _P7 + "algorithm.clustering.kmeans.initialization.KMeansPlusPlusInitialMeans",
-        "dbscan": _P7 + "algorithm.clustering.DBSCAN",
-    },
-    "0.8": {
-        "app": "elki.application.KDDCLIApplication",
-        "writer": "elki.result.ResultWriter",
-        "no_eval": "elki.evaluation.NoAutomaticEvaluation",
-        "euclidean": "elki.distance.minkowski.EuclideanDistance",
-        "sqeuclidean": "elki.distance.minkowski.SquaredEuclideanDistance",
-        "slink": "elki.clustering.hierarchical.SLINK",
-        "anderberg": "elki.clustering.hierarchical.AnderbergHierarchicalClustering",
-        "hdbscan": "elki.clustering.hierarchical.HDBSCANLinearMemory",
-        "single": "elki.clustering.hierarchical.linkage.SingleLinkage",
-        "complete": "elki.clustering.hierarchical.linkage.CompleteLinkage",
-        "average": "elki.clustering.hierarchical.linkage.GroupAverageLinkage",
-        "ward": "elki.clustering.hierarchical.linkage.WardLinkage",
-        "cut_k": "elki.clustering.hierarchical.extraction.CutDendrogramByNumberOfClusters",
-        "cut_height": "elki.clustering.hierarchical.extraction.CutDendrogramByHeight",
-        "hdbscan_extract": "elki.clustering.hierarchical.extraction.HDBSCANHierarchyExtraction",
-        "lloyd": "elki.clustering.kmeans.LloydKMeans",
-        "elkan": "elki.clustering.kmeans.ElkanKMeans",
-        "hamerly": "elki.clustering.kmeans.HamerlyKMeans",
-        "kmeans++": "elki.clustering.kmeans.initialization.KMeansPlusPlus",
-        "dbscan": "elki.clustering.dbscan.DBSCAN",
-    },
+CLASSES = {  # ELKI 0.7.x
+    "app": _P7 + "application.KDDCLIApplication",
+    "writer": _P7 + "result.ResultWriter",
+    "no_eval": _P7 + "evaluation.NoAutomaticEvaluation",
+    "euclidean": _P7 + "distance.distancefunction.minkowski.EuclideanDistanceFunction",
+    "sqeuclidean": _P7 + "distance.distancefunction.minkowski.SquaredEuclideanDistanceFunction",
+    "slink": _H7 + "SLINK",
+    "anderberg": _H7 + "AnderbergHierarchicalClustering",
+    "hdbscan": _H7 + "HDBSCANLinearMemory",
+    "single": _H7 + "SingleLinkageMethod",
+    "complete": _H7 + "CompleteLinkageMethod",
+    "average": _H7 + "GroupAverageLinkageMethod",
+    "ward": _H7 + "WardLinkageMethod",
+    "cut": _H7 + "extraction.ExtractFlatClusteringFromHierarchy",
+    "hdbscan_extract": _H7 + "extraction.HDBSCANHierarchyExtraction",
+    "lloyd": _P7 + "algorithm.clustering.kmeans.KMeansLloyd",
+    "elkan": _P7 + "algorithm.clustering.kmeans.KMeansElkan",
+    "hamerly": _P7 + "algorithm.clustering.kmeans.KMeansHamerly",
+    "kmeans++": _P7 + "algorithm.clustering.kmeans.initialization.KMeansPlusPlusInitialMeans",
+    "dbscan": _P7 + "algorithm.clustering.DBSCAN",
 }
 
 
@@ -113,10 +89,9 @@ class Elki:
     java: str
     jar: Path
     classpath: str
-    version: str  # "0.7" or "0.8": which class names the jar has
 
     def cls(self, name: str) -> str:
-        return CLASSES[self.version][name]
+        return CLASSES[name]
 
 
 @dataclass
@@ -130,16 +105,17 @@ class ElkiResult:
 
 
 @functools.lru_cache(maxsize=4)
-def _jar_version(jar: Path) -> str:
+def _check_jar(jar: Path) -> None:
+    """The jar must be ELKI 0.7.x: the version whose class names this module uses."""
     try:
         with zipfile.ZipFile(jar) as zf:
             names = set(zf.namelist())
     except (OSError, zipfile.BadZipFile) as err:
         raise ElkiError(f"ELKI jar {jar} is not readable ({err}); {INSTALL_HINT}") from err
-    for version, classes in CLASSES.items():
-        if classes["app"].replace(".", "/") + ".class" in names:
-            return version
-    raise ElkiError(f"{jar} contains no ELKI KDDCLIApplication; {INSTALL_HINT}")
+    if CLASSES["app"].replace(".", "/") + ".class" not in names:
+        raise ElkiError(f"{jar} is not ELKI 0.7.x, the version this project runs (no {CLASSES['app']}; ELKI 0.8 "
+                        f"renamed its classes): install Debian's with `apt-get install elki default-jre-headless`, "
+                        f"or point {ELKI_JAR_ENV} to an ELKI 0.7.x jar")
 
 
 def find_elki() -> Elki:
@@ -156,7 +132,8 @@ def find_elki() -> Elki:
     deps = [str(d) for name in DEPENDENCY_JARS for d in (jar.parent / name, DEBIAN_JAR.parent / name)
             if d.is_file()]
     classpath = os.pathsep.join(dict.fromkeys([str(jar), *deps]))  # dedupe, keep order
-    return Elki(java=java, jar=jar, classpath=classpath, version=_jar_version(jar.resolve()))
+    _check_jar(jar.resolve())
+    return Elki(java=java, jar=jar, classpath=classpath)
 
 
 def check_finite(X: np.ndarray) -> np.ndarray:
@@ -317,7 +294,7 @@ def _run(X: np.ndarray, args: list[str], quadratic: bool, timeout: float | None)
         data, out = Path(tmp) / "data.csv", Path(tmp) / "out"
         _write_input(X, data)
         # Small inputs finish before the JIT's optimising tier pays off: the client tier and the serial GC
-        # cut a 420-track run from ~1.4 s to ~0.9 s. Large runs keep the default (fully optimised) JVM.
+        # start faster and end a small run sooner. Large runs keep the default (fully optimised) JVM.
         quick = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if n * d <= QUICK_JVM_VALUES else []
         cmd = [elki.java, f"-Xmx{heap_mb(n, d, quadratic)}m", *quick, "-Djava.awt.headless=true",
                "-cp", elki.classpath, elki.cls("app"), "-dbc.in", str(data), *args,
@@ -389,21 +366,15 @@ def hierarchical(X: np.ndarray, linkage: str = "single", *, k: int | None = None
     elif not (math.isfinite(height) and height >= 0):
         raise ValueError(f"height={height!r} must be a finite number >= 0")
     elki = find_elki()
-    if dendrogram and elki.version != "0.7":
-        raise ElkiError("reading ELKI's full dendrogram is implemented for ELKI 0.7.x output only")
     inner = [elki.cls("slink")] if slink else [
         elki.cls("anderberg"), "-hierarchical.linkage", elki.cls(linkage),
         "-algorithm.distancefunction", elki.cls("sqeuclidean" if linkage == "ward" else "euclidean")]
     if height is not None:
         height = float(height) ** 2 if linkage == "ward" else float(height)  # ELKI's Ward heights are squared
-    if elki.version == "0.7":
-        mode = (["-hierarchical.threshold-mode", "BY_MINCLUSTERS", "-hierarchical.minclusters", str(k)]
-                if k is not None else
-                ["-hierarchical.threshold-mode", "BY_THRESHOLD", "-hierarchical.threshold", repr(height)])
-        cut = ["-algorithm", elki.cls("cut"), "-algorithm", *inner]
-    else:
-        mode = ["-hierarchical.minclusters", str(k)] if k is not None else ["-hierarchical.threshold", repr(height)]
-        cut = ["-algorithm", elki.cls("cut_k" if k is not None else "cut_height"), "-algorithm", *inner]
+    mode = (["-hierarchical.threshold-mode", "BY_MINCLUSTERS", "-hierarchical.minclusters", str(k)]
+            if k is not None else
+            ["-hierarchical.threshold-mode", "BY_THRESHOLD", "-hierarchical.threshold", repr(height)])
+    cut = ["-algorithm", elki.cls("cut"), "-algorithm", *inner]
     result = run_elki(X, cut + mode, quadratic=not slink, timeout=timeout)
     if dendrogram:
         full = ["-algorithm", elki.cls("cut"), "-algorithm", *inner,

@@ -41,10 +41,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cml.audio import DECODE_ERRORS, MelConfig, scan_audio, track_logmel
+from cml.audio import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, untrained_encoder
 from cml.model import Encoder, EncoderConfig
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line, positive
+from cml.scan import scan_audio
 from cml.tables import read_tracks, write_feature_table
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,6 @@ class CropEmbedded(NamedTuple):
     tracks: pd.DataFrame  # id, [label], path, [split], seconds (the full track)
     X: dict[str, np.ndarray]
     skipped: pd.DataFrame  # id, path, reason
-
-
-def frames(seconds: float, mel_config: MelConfig) -> int:
-    """Log-mel frames in `seconds` of audio."""
-    return round(seconds * mel_config.sample_rate / mel_config.hop_length)
 
 
 def _check_inputs(encoder: Encoder, mel_config: MelConfig, tracks: pd.DataFrame) -> None:
@@ -161,8 +157,8 @@ def embed_tracks(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     _check_inputs(encoder, mel_config, tracks)
-    max_frames = frames(max_seconds, mel_config) if max_seconds else None
-    window = frames(window_seconds or WINDOW_CROPS * DEFAULT_CROP_SECONDS, mel_config) if mode == "chunked" else None
+    max_frames = mel_config.frames(max_seconds) if max_seconds else None
+    window = mel_config.frames(window_seconds or WINDOW_CROPS * DEFAULT_CROP_SECONDS) if mode == "chunked" else None
     kept, seconds, vectors, skipped = [], [], [], []
     rows = tracks.itertuples(index=False)
     for i, row in enumerate(tqdm(rows, total=len(tracks), desc=f"embed ({mode})", unit="track", disable=not progress)):
@@ -178,7 +174,7 @@ def embed_tracks(
             _skip(skipped, row, "non-finite embedding")
             continue
         kept.append(i)
-        seconds.append(x.shape[-1] * mel_config.hop_length / mel_config.sample_rate)
+        seconds.append(mel_config.seconds(x.shape[-1]))
         vectors.append(e)
     X = np.stack(vectors) if vectors else np.zeros((0, encoder.cfg.embed_dim), np.float32)
     return Embedded(_track_rows(tracks, kept, seconds), X, _finish("embed", len(kept), skipped))
@@ -186,8 +182,7 @@ def embed_tracks(
 
 def centre_crop(x: torch.Tensor, length: int) -> torch.Tensor:
     """The middle `length` frames of (..., T); the whole input when it is not longer."""
-    T = x.shape[-1]
-    start = max(0, (T - length) // 2)
+    start = int(centre_offset(x.shape[-1], length))
     return x[..., start:start + length]
 
 
@@ -208,7 +203,7 @@ def crop_embeddings(
     A track skipped for one crop is skipped for all, so every crop has the same rows.
     """
     _check_inputs(encoder, mel_config, tracks)
-    lengths = {f"{m}x": frames(m * crop_seconds, mel_config) for m in multiples}
+    lengths = {f"{m}x": mel_config.frames(m * crop_seconds) for m in multiples}
     kept, seconds, skipped = [], [], []
     vectors: dict[str, list[np.ndarray]] = {name: [] for name in [*lengths, "full"]}
     rows = tracks.itertuples(index=False)
@@ -225,7 +220,7 @@ def crop_embeddings(
             _skip(skipped, row, "non-finite embedding")
             continue
         kept.append(i)
-        seconds.append(x.shape[-1] * mel_config.hop_length / mel_config.sample_rate)
+        seconds.append(mel_config.seconds(x.shape[-1]))
         for name, e in out.items():
             vectors[name].append(e)
     X = {name: np.stack(v) if v else np.zeros((0, encoder.cfg.embed_dim), np.float32) for name, v in vectors.items()}
@@ -234,26 +229,27 @@ def crop_embeddings(
 
 def estimate_normalizer(paths: Sequence[str], mel_config: MelConfig, max_tracks: int = NORM_TRACKS,
                         max_seconds: float = NORM_SECONDS, seed: int = 0) -> Normalizer:
-    """Global mean and std of the log-mels of a seeded sample of tracks (unreadable ones are passed over)."""
+    """`Normalizer.measure` over the first `max_seconds` of a seeded sample of tracks (unreadable ones are
+    passed over): an untrained encoder has no training crops to measure."""
     paths = list(paths)
-    chosen = np.random.default_rng(seed).permutation(len(paths))[:max_tracks]
-    total, total_sq, count = 0.0, 0.0, 0
-    for i in sorted(chosen):
+    chosen = sorted(np.random.default_rng(seed).permutation(len(paths))[:max_tracks])
+    norm = Normalizer.measure(_readable_logmels([paths[i] for i in chosen], mel_config, mel_config.frames(max_seconds)))
+    if norm == Normalizer():
+        log.warning("no readable track to measure log-mel statistics; inputs are not standardised")
+    return norm
+
+
+def _readable_logmels(paths: Sequence[str], mel_config: MelConfig, max_frames: int) -> Iterator[torch.Tensor]:
+    for path in paths:
         try:
-            x = _logmel(paths[i], mel_config, frames(max_seconds, mel_config)).double()
+            x = _logmel(path, mel_config, max_frames)
         except TRACK_ERRORS as err:
-            log.warning("normaliser: passed over %s (%s)", paths[i], one_line(err))
+            log.warning("normaliser: passed over %s (%s)", path, one_line(err))
             continue
         if not torch.isfinite(x).all():  # one such file would make every standardised input NaN
-            log.warning("normaliser: passed over %s (non-finite log-mel values)", paths[i])
+            log.warning("normaliser: passed over %s (non-finite log-mel values)", path)
             continue
-        total, total_sq, count = total + x.sum().item(), total_sq + (x * x).sum().item(), count + x.numel()
-    if count == 0:
-        log.warning("no readable track to measure log-mel statistics; inputs are not standardised")
-        return Normalizer()
-    mean = total / count
-    std = max(total_sq / count - mean * mean, 0.0) ** 0.5
-    return Normalizer(mean=mean, std=std if std > 0 else 1.0)
+        yield x
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, object]:

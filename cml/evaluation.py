@@ -1,8 +1,10 @@
 """How well a feature space separates labels: the k-NN, linear-probe and clustering scores of the project.
 
-`evaluate_embeddings` gives the headline metrics of issue 3 for any feature table (`cml.tables` format:
-learned embeddings, the handcrafted baseline, a Spotify CSV): trained on the train split, scored on the
-held-out test split. `length_extrapolation` scores the crop embeddings of `cml.embed.crop_embeddings`.
+`evaluate_embeddings` gives the headline metrics for any feature table (`cml.tables` format: learned
+embeddings, the handcrafted baseline, a Spotify CSV): trained on the train split, scored on the held-out test
+split. `score_space` adds the scores over more tracks; `cml evaluate` and the Compare notebook both call it,
+so a key means the same everywhere. `length_extrapolation` scores the crop embeddings of
+`cml.embed.crop_embeddings`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,11 +24,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from cml.clustering import add_table_arguments, check_at_most, cluster, evaluate, read_cli_table
+from cml.clustering import add_table_arguments, check_at_most, cluster, partition_scores, read_cli_table
 from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
 from cml.neighbours import fit_knn, knn_accuracy, l2_normalise, leave_group_out_knn_accuracy
 from cml.split import split_tracks
-from cml.tables import read_tracks, standardise
+from cml.tables import FeatureTable, preview, read_feature_table, read_tracks, standardise
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def style_timbre_probe(
 
 
 # --------------------------------------------------------------------------------------------------
-# The issue-3 metrics of an embedding: k-NN, linear probe, k-means NMI/ARI
+# The headline metrics of an embedding: k-NN, linear probe, k-means NMI/ARI
 
 
 def _l2(X: np.ndarray) -> np.ndarray:
@@ -108,7 +110,7 @@ def kmeans_agreement(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, f
     """NMI and ARI of k-means (k = number of distinct labels, n_init=10, seeded) on L2-normalised rows."""
     n_classes = len(np.unique(y))
     result = cluster(X, "kmeans", k=n_classes, seed=seed, normalise=True)
-    scores = evaluate(_l2(X), result.labels, y, seed=seed)
+    scores = partition_scores(_l2(X), result.labels, y, seed=seed)
     return {"nmi": scores["nmi"], "ari": scores["ari"]}
 
 
@@ -201,70 +203,167 @@ def length_diagnostics(X: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
 
 
 def score_space(X: np.ndarray, tracks: pd.DataFrame, k: int = 5, seed: int = 0, standardised: bool = False) -> dict:
-    """Every score of one feature space against the track table (rows aligned with X; columns label,
-    split, and piece, programs, duration where present): the table of the Compare notebook.
+    """Every score of one feature space against its track table: what `cml evaluate` writes and the Compare
+    notebook tabulates per space (one function, so both name and compute each score the same way).
 
-    On the test split: ``knn_acc``, ``linear_acc``, ``nmi``, ``ari`` (see `evaluate_embeddings`) and the
-    timbre probe. Over more tracks, for less noise: ``knn_acc_loo`` (the held-out val + test tracks
-    against every other track but their own piece's renderings), ``knn_acc_loo_all`` (every track so) and
-    ``nmi_all`` / ``ari_all`` (k-means over all tracks; the encoders never saw a label). With a duration
-    column, `length_diagnostics`. ``standardised`` z-scores the columns first (handcrafted features mix units).
+    ``tracks`` is aligned with the rows of X: ``label`` and ``split`` (either may be absent or have missing
+    values), and ``piece``, ``programs``, ``duration`` where known. On the test split, `evaluate_embeddings`:
+    ``knn_acc``, ``linear_acc``, ``nmi``, ``ari``, the counts behind them and ``notes`` on whatever could not
+    be scored. Over more tracks, for less noise (labelled rows only): ``knn_acc_loo`` (the held-out val + test
+    tracks against every other track but their own piece's renderings), ``knn_acc_loo_all`` (every track so)
+    and ``nmi_all`` / ``ari_all`` (k-means over all tracks; the encoders never saw a label). With programs,
+    the timbre probe ``knn_timbre_acc``; with a duration column, `length_diagnostics`. ``standardised``
+    z-scores the columns first (handcrafted features mix units).
     """
     X = standardise(np.asarray(X, dtype=np.float64))[0] if standardised else np.asarray(X, dtype=np.float64)
-    labels, split = tracks["label"].to_numpy(), tracks["split"].to_numpy()
-    result = evaluate_embeddings(X, labels, split, k=k, seed=seed)
-    out = {key: result[key] for key in METRIC_KEYS if key in result}
-    timbres = tracks["programs"].map(lead_program).to_numpy() if "programs" in tracks else None
-    probe = style_timbre_probe(X, labels, timbres, split, k=k)
-    if "knn_timbre_acc" in probe:
-        out["knn_timbre_acc"] = probe["knn_timbre_acc"]
-    has = tracks["label"].notna().to_numpy()
-    ids = pd.Series(tracks.index if "id" not in tracks else tracks["id"], dtype=object).to_numpy()
-    groups = tracks["piece"].where(tracks["piece"].notna(), ids).to_numpy() if "piece" in tracks else ids
-    y = labels[has].astype(str)
-    out["knn_acc_loo"] = leave_group_out_knn_accuracy(X[has], y, (split != "train")[has], groups[has], k=k)
-    out["knn_acc_loo_all"] = leave_group_out_knn_accuracy(X[has], y, np.ones(has.sum(), bool), groups[has], k=k)
-    out.update({f"{key}_all": v for key, v in kmeans_agreement(X[has], y, seed).items()})
+    labels = tracks["label"].to_numpy(dtype=object) if "label" in tracks else None
+    split = tracks["split"].to_numpy(dtype=object) if "split" in tracks else None
+    out = evaluate_embeddings(X, labels, split, k=k, seed=seed)
     if "duration" in tracks:
         out.update(length_diagnostics(X, tracks["duration"].to_numpy()))
+    has = pd.notna(labels) if labels is not None else np.zeros(len(X), bool)
+    if not has.any():
+        return out
+    y = labels[has].astype(str)
+    if split is not None and "programs" in tracks:
+        timbres = tracks["programs"].map(lead_program).to_numpy()
+        out["knn_timbre_acc"] = style_timbre_probe(X[has], y, timbres[has], split[has], k=k)["knn_timbre_acc"]
+    ids = pd.Series(tracks.index if "id" not in tracks else tracks["id"], dtype=object).to_numpy()
+    groups = tracks["piece"].where(tracks["piece"].notna(), ids).to_numpy() if "piece" in tracks else ids
+    if split is not None:
+        held_out = (pd.notna(split) & (split != "train"))[has]
+        out["knn_acc_loo"] = leave_group_out_knn_accuracy(X[has], y, held_out, groups[has], k=k)
+    out["knn_acc_loo_all"] = leave_group_out_knn_accuracy(X[has], y, np.ones(has.sum(), bool), groups[has], k=k)
+    out.update({f"{key}_all": v for key, v in kmeans_agreement(X[has], y, seed).items()})
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The Compare notebook: feature tables lined up with the track table by id
+
+
+def track_rows(tracks: pd.DataFrame, ids: Sequence[str], source: object) -> pd.DataFrame:
+    """The rows of `tracks` (indexed by id) for `ids`, in that order; ids it lacks raise a one-line
+    ValueError naming `source` and them."""
+    missing = pd.Index(ids).difference(tracks.index)
+    if len(missing):
+        raise ValueError(f"{source}: {len(missing)} ids are not in the track table: {preview(missing)}")
+    return tracks.loc[list(ids)]
+
+
+def score_table(path: str | Path, tracks: pd.DataFrame, k: int = 5, seed: int = 0,
+                standardised: bool = False) -> dict:
+    """`score_space` of a feature table, each row scored against its track (`tracks` indexed by id)."""
+    table = read_feature_table(path)
+    return score_space(table.X, track_rows(tracks, table.ids, path), k=k, seed=seed, standardised=standardised)
+
+
+def score_runs(embeddings_dir: str | Path, variants: Sequence[str], seeds: Sequence[int], handcrafted: str | Path,
+               tracks: pd.DataFrame, k: int = 5, seed: int = 0) -> pd.DataFrame:
+    """The Compare table: one row per scored space, columns model, kind, seed and `score_table`'s scores.
+
+    Each variant's trained runs (``<embeddings_dir>/<variant>-s<seed>/tracks.parquet``, kind contrastive)
+    and its untrained encoder (``untrained-<variant>``, kind untrained, seed 0); last the handcrafted
+    baseline (kind baseline, its columns z-scored: they mix units).
+    """
+    root, rows = Path(embeddings_dir), []
+    for variant in variants:
+        for s in seeds:
+            rows.append({"model": variant, "kind": "contrastive", "seed": s,
+                         **score_table(root / f"{variant}-s{s}" / "tracks.parquet", tracks, k, seed)})
+        rows.append({"model": variant, "kind": "untrained", "seed": 0,
+                     **score_table(root / f"untrained-{variant}" / "tracks.parquet", tracks, k, seed)})
+    rows.append({"model": "handcrafted", "kind": "baseline", "seed": 0,
+                 **score_table(handcrafted, tracks, k, seed, standardised=True)})
+    return pd.DataFrame(rows)
+
+
+def crop_tables(run_dir: str | Path) -> dict[str, FeatureTable]:
+    """The crop embeddings of a run (`cml embed --crops`): ``tracks.<m>x.parquet`` as ``<m>x`` in increasing
+    m, then ``tracks.full.parquet`` as ``full``; a one-line ValueError when there are none."""
+    run_dir = Path(run_dir)
+    names = sorted((p.name.split(".")[1] for p in run_dir.glob("tracks.*x.parquet")
+                    if p.name.split(".")[1][:-1].isdigit()), key=lambda name: int(name[:-1]))
+    names += ["full"] if (run_dir / "tracks.full.parquet").is_file() else []
+    if not names:
+        raise ValueError(f"{run_dir}: no crop embeddings (tracks.<m>x.parquet, tracks.full.parquet); "
+                         "`cml embed --crops` writes them")
+    return {name: read_feature_table(run_dir / f"tracks.{name}.parquet") for name in names}
+
+
+def run_length_extrapolation(run_dir: str | Path, tracks: pd.DataFrame, k: int = 5, seed: int = 0) -> pd.DataFrame:
+    """`length_extrapolation` of one run, every table lined up with `tracks` (indexed by id; split, label).
+
+    The k-NN and the probe are fitted on the train tracks of ``<run_dir>/tracks.parquet`` and score the
+    tracks of each crop table (`crop_tables`), whose rows are put in the order of the full-track crop's
+    (the last one's without it); a crop table that holds other tracks raises. One row per crop, in order.
+    """
+    run_dir = Path(run_dir)
+    full = read_feature_table(run_dir / "tracks.parquet")
+    full_tracks = track_rows(tracks, full.ids, run_dir / "tracks.parquet")
+    train = (full_tracks["split"] == "train").to_numpy()
+    crops = crop_tables(run_dir)
+    reference = "full" if "full" in crops else list(crops)[-1]
+    test_ids = crops[reference].ids
+    aligned = {}
+    for name, table in crops.items():
+        row = {i: n for n, i in enumerate(table.ids)}
+        if len(table) != len(test_ids) or set(row) != set(test_ids):
+            raise ValueError(f"{run_dir}: tracks.{name}.parquet holds other tracks than tracks.{reference}.parquet "
+                             f"({len(table)} vs {len(test_ids)} rows): every crop must embed the same tracks")
+        aligned[name] = table.X[[row[i] for i in test_ids]]
+    y_test = track_rows(tracks, test_ids, run_dir / f"tracks.{reference}.parquet")["label"].to_numpy()
+    return length_extrapolation(full.X[train], full_tracks["label"].to_numpy()[train], aligned, y_test,
+                                k=k, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------------
 # CLI
 
 
-def _split_for(table, args: argparse.Namespace) -> np.ndarray:
-    """Split per row: from --split tracks.csv, else the table's own split column, else a seeded stratified one."""
+TRACK_EXTRA_COLUMNS = ("piece", "programs", "duration")  # what `score_space` reads besides label and split, where known
+
+
+def _tracks_for(table, args: argparse.Namespace) -> pd.DataFrame:
+    """The track table `score_space` reads, one row per table row (index: the ids): the table's labels; the
+    split from --split tracks.csv (with its piece, programs and duration columns), else the table's own split
+    column, else a seeded stratified one."""
     if args.test_fraction is not None and (args.split or "split" in table.meta.columns):
         raise UsageError(f"--test-fraction sets the fallback split only; the split comes from "
                          f"{args.split or f'the split column of {args.file}'}")
+    frame = table.meta[[c for c in TRACK_EXTRA_COLUMNS if c in table.meta.columns]].set_axis(pd.Index(table.ids))
+    if table.labels is not None:
+        frame["label"] = table.labels
     if args.split:
         tracks = read_tracks(check_input_file(args.split, "split table"), required=("id", "split"))
-        split = pd.Series(table.ids).map(tracks.set_index("id")["split"]).to_numpy(dtype=object)
-        missing = pd.isna(split)
+        tracks = tracks.set_index("id").reindex(table.ids)  # read_tracks refuses repeated ids
+        missing = tracks["split"].isna().to_numpy()
         if missing.all():
             raise ValueError(f"no id of {args.file} appears in {args.split}")
         if missing.any():
             log.warning("%d rows have no split in %s and are left out", missing.sum(), args.split)
-        return split
-    if "split" in table.meta.columns:
+        for column in ("split", *TRACK_EXTRA_COLUMNS):
+            if column in tracks:
+                frame[column] = tracks[column].to_numpy(dtype=object)
+    elif "split" in table.meta.columns:
         log.info("using the split column of %s", args.file)
-        return table.meta["split"].to_numpy(dtype=object)
-    test = TEST_FRACTION if args.test_fraction is None else args.test_fraction
-    frame = pd.DataFrame({"id": table.ids, "label": table.labels if table.labels is not None else None})
-    log.info("no split given: seeded stratified %.0f/%.0f train/test split", 100 * (1 - test), 100 * test)
-    return split_tracks(frame, {"train": 1 - test, "test": test}, seed=args.seed).to_numpy(dtype=object)
+        frame["split"] = table.meta["split"].to_numpy(dtype=object)
+    else:
+        test = TEST_FRACTION if args.test_fraction is None else args.test_fraction
+        ids = pd.DataFrame({"id": table.ids, "label": table.labels if table.labels is not None else None})
+        log.info("no split given: seeded stratified %.0f/%.0f train/test split", 100 * (1 - test), 100 * test)
+        frame["split"] = split_tracks(ids, {"train": 1 - test, "test": test}, seed=args.seed).to_numpy(dtype=object)
+    return frame
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_output(args.out)
     table = read_cli_table(args, l2=True)  # the k-NN, the probe and k-means all work on L2-normalised rows
-    split = _split_for(table, args)
-    n_train = 0 if table.labels is None else int(np.sum((split == "train") & pd.notna(table.labels)))
+    tracks = _tracks_for(table, args)
+    n_train = 0 if table.labels is None else int(np.sum((tracks["split"] == "train") & pd.notna(table.labels)))
     if n_train:  # the k-NN votes among these (none: evaluate_embeddings notes why there is no k-NN score)
         check_at_most(args.k, "--k", n_train, f"labelled train rows in {args.file}")
-    metrics = evaluate_embeddings(table.X, table.labels, split, k=args.k, seed=args.seed)
+    metrics = score_space(table.X, tracks, k=args.k, seed=args.seed, standardised=args.standardise)
     Path(args.out).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
@@ -273,11 +372,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     """Add `cml evaluate FILE --out metrics.json [--split tracks.csv]`."""
     p = subparsers.add_parser("evaluate", description="k-NN accuracy (cosine), linear-probe accuracy and k-means NMI/ARI "
-                                          "of a feature table, trained on train and scored on test.")
+                                          "of a feature table, trained on train and scored on test, and the scores "
+                                          "over more tracks of the Compare notebook (`score_space`: the same keys).")
     add_table_arguments(p)
     p.add_argument("--out", required=True, help="metrics JSON to write")
-    p.add_argument("--split", help="tracks.csv with id and split columns (default: the table's split column, "
-                                   "else a seeded stratified split)")
+    p.add_argument("--split", help="tracks.csv with id and split columns, and piece, programs and duration where "
+                                   "known (default: the table's split column, else a seeded stratified split)")
+    p.add_argument("--standardise", action="store_true",
+                   help="z-score every column first (features in mixed units, like the handcrafted baseline: "
+                        "the Compare notebook scores it so)")
     p.add_argument("--test-fraction", type=fraction,
                    help=f"test share of the fallback split (default {TEST_FRACTION}); not with a given split")
     p.add_argument("--k", type=count, default=5, help="neighbours of the k-NN vote")

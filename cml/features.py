@@ -96,7 +96,7 @@ class DataAnalysisConfig:
     """The DataAnalysis notebook."""
 
     knn_k: int = 5  # k of the k-NN probe of style vs timbre
-    projection: str = "tsne"  # tsne or pca for the 2-D map
+    projection: str = "tsne"  # the 2-D map: tsne, pca or umap (`project_2d`)
     examples_per_class: int = 1  # audio players per class
     example_seconds: float = 8.0
     seed: int = 0
@@ -292,27 +292,39 @@ def extract_features(
     return features, pd.DataFrame(skipped, columns=["id", "path", "reason"])
 
 
+PROJECTIONS = ("pca", "tsne", "umap")  # the methods of `project_2d`
+
+
 def project_2d(X: np.ndarray | pd.DataFrame, method: str = "pca", seed: int = 0) -> np.ndarray:
     """2-D coordinates (n, 2) for scatter plots; deterministic for a seed.
 
-    t-SNE uses perplexity min(30, (n - 1) / 3) so small sets work, PCA initialisation and `seed`. Below
-    5 points or 2 features t-SNE is meaningless, so PCA is used instead (logged). PCA output is padded
-    with zero columns when fewer than 2 components exist.
+    t-SNE uses perplexity min(30, (n - 1) / 3) so small sets work, PCA initialisation and `seed`. UMAP
+    (umap-learn) uses n_neighbors = min(15, n - 1) and `seed` (seeded UMAP runs single-threaded). Below
+    5 points or 2 features t-SNE and UMAP are meaningless, so PCA is used instead (logged). PCA output is
+    padded with zero columns when fewer than 2 components exist.
     """
-    if method not in ("pca", "tsne"):
-        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    if method not in PROJECTIONS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, PROJECTIONS))}, got {method!r}")
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise ValueError(f"expected a 2-D array (n, d), got shape {X.shape}")
     if not np.all(np.isfinite(X)):
         raise ValueError("X holds NaN or inf; drop or impute those rows/columns before projecting")
     n, d = X.shape
-    if method == "tsne" and (n < 5 or d < 2):
-        log.info("t-SNE needs >= 5 points and >= 2 features (got %d x %d): using PCA", n, d)
+    if method in ("tsne", "umap") and (n < 5 or d < 2):
+        log.info("%s needs >= 5 points and >= 2 features (got %d x %d): using PCA", method, n, d)
         method = "pca"
     if method == "tsne":
         perplexity = max(1.0, min(30.0, (n - 1) / 3))
         return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X)
+    if method == "umap":
+        import warnings
+
+        import umap  # umap-learn: imported here, it takes seconds (numba)
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="n_jobs value")  # seeded UMAP runs single-threaded
+            return umap.UMAP(n_neighbors=min(15, n - 1), random_state=seed).fit_transform(X)
     out = np.zeros((n, 2))
     k = min(2, n, d)
     if k > 0:
@@ -340,7 +352,7 @@ def class_summary(
     return summary
 
 
-def run_features(args: argparse.Namespace) -> int:
+def _cmd_features(args: argparse.Namespace) -> int:
     """The `features` stage: descriptors for the analysis and the handcrafted baseline as a feature table."""
     config = load_config(args.params, "features", FeaturesConfig)
     frontend = load_config(args.params, "frontend", MelConfig)
@@ -368,4 +380,4 @@ def register_cli(subparsers) -> None:
     p.add_argument("--params", default="params.yaml", help="reads its features and frontend sections")
     p.add_argument("--tracks", default="outputs/tracks/tracks.csv", help="table with id, path, label")
     p.add_argument("--out", default="outputs/features")
-    p.set_defaults(func=run_features)
+    p.set_defaults(func=_cmd_features)

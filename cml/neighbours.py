@@ -46,9 +46,9 @@ def leave_group_out_knn_accuracy(X: np.ndarray, y: np.ndarray, queries: np.ndarr
                                  groups: Optional[np.ndarray] = None, k: int = 5, block: int = 1024) -> float:
     """Cosine k-NN accuracy of the `queries` rows, each voted on by its k nearest rows outside its own group.
 
-    A lower-variance companion of `knn_accuracy` for small test splits: on the default corpus the test
-    split holds 56 renderings (one track = 1.8 points), while the held-out val + test rows, each against
-    every other track, are 126. Groups keep what must not vote for itself out of the vote: the other
+    A lower-variance companion of `knn_accuracy` for small test splits: every held-out track (val + test),
+    each against every other track, is scored, not only the test split's, so one track moves the accuracy
+    less (the README gives the counts). Groups keep what must not vote for itself out of the vote: the other
     rendering of the same piece shares its notes and would make the task trivial. No group: plain
     leave-one-out. Votes tie towards the first class in sorted order, as scikit-learn's do.
     """

@@ -1,4 +1,4 @@
-"""Small helpers that keep the notebooks thin: where to run, how to save metrics and figures.
+"""Small helpers that keep the notebooks thin: where to run, how to save metrics and figures, how to listen.
 
 Metrics and figures are written so that the same inputs give the same bytes (sorted keys, rounded floats,
 no timestamps in PNG metadata): `dvc metrics diff` then shows only real changes.
@@ -10,6 +10,8 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def find_repo_root(start: str | Path | None = None) -> Path:
@@ -57,3 +59,30 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     return path
+
+
+def audio_excerpt(path: str | os.PathLike, seconds: float, offset: float | None = None,
+                  sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Mono float32 samples of `seconds` of an audio file and their rate: from `offset` seconds, or the
+    centred excerpt when `offset` is None (the whole track when it is shorter than `seconds`).
+
+    Read at `sample_rate`, or at the file's own rate when None. A path that is no file (a track without
+    local audio, NaN from a table) raises FileNotFoundError naming it.
+    """
+    from cml.audio import audio_info, centre_offset, load_audio  # torch: only where a notebook listens
+
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
+        raise FileNotFoundError(f"no local audio file: {path}")
+    info = audio_info(path)
+    rate = int(sample_rate or info.samplerate)
+    start = centre_offset(info.frames / info.samplerate, seconds) if offset is None else offset
+    return load_audio(path, sample_rate=rate, offset=start, duration=seconds).numpy(), rate
+
+
+def listen(path: str | os.PathLike, seconds: float, offset: float | None = None, sample_rate: int | None = None):
+    """An audio player (IPython.display.Audio) of `audio_excerpt(path, seconds, offset, sample_rate)`:
+    by default the centred `seconds` of the track at its own rate. FileNotFoundError when there is no file."""
+    from IPython.display import Audio
+
+    wave, rate = audio_excerpt(path, seconds, offset, sample_rate)
+    return Audio(wave, rate=rate)

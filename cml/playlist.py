@@ -10,8 +10,8 @@ sphere, so Euclidean distance ranks like cosine distance (what the contrastive e
 hull test uses a projection.
 
 **Projection dimension** (``dim``, PCA): the trade-off. Low ``dim`` (2-3) keeps the directions along which
-the corpus varies most (on the default corpus 3 components hold ~90 % of the variance of the L2-normalised
-embeddings); the hull is then a solid region that holds tracks, needs only ``dim + 1`` seeds in general
+the corpus varies most (on the default corpus most of the variance of the L2-normalised embeddings: the README
+gives the share); the hull is then a solid region that holds tracks, needs only ``dim + 1`` seeds in general
 position, and Qhull is instant. But tracks that differ from the seeds only along the discarded directions
 look inside. High ``dim`` is more faithful, but a hull of a few seeds becomes a thin sliver that holds
 almost nothing (in ``d`` dimensions a simplex of ``d + 1`` random points covers a vanishing share of the
@@ -560,6 +560,25 @@ def compare_with_baselines(X: np.ndarray, playlist: Playlist, labels: Sequence |
                                    for name, order in rows.items()}, orient="index").rename_axis("method")
 
 
+def playlist_scores(X: np.ndarray, playlist: Playlist, labels: Sequence | None = None, n_clusters: int | None = None,
+                    seed: int = 0) -> dict:
+    """The metrics of a playlist: what `cml playlist --metrics` writes and the Playlists notebook's metrics.json holds.
+
+    ``corpus_tracks``, ``n_seeds``, ``n_candidates``, ``fallback`` (hull mode: the seeds span no solid hull, so
+    a ball, capsule or flat hull stood in), ``explained_variance`` (the share the projection keeps), and
+    :func:`playlist_metrics` of the playlist (``playlist``) and of its two baselines (``knn_centroid``,
+    ``random_cluster``; see :func:`compare_with_baselines`; ``n_clusters`` defaults to the number of labels,
+    or 8). Undefined values are None.
+    """
+    k = n_clusters or n_labels(labels) or 8
+    comparison = compare_with_baselines(X, playlist, labels, n_clusters=k, seed=seed)
+    comparison = comparison.rename(index={playlist.mode: "playlist"}).astype(object)
+    return {"corpus_tracks": len(X), "n_seeds": len(playlist.seeds), "n_candidates": len(playlist.candidates),
+            "fallback": playlist.mode == "hull" and playlist.region != "hull",
+            "explained_variance": float(playlist.projection.explained.sum()),
+            **comparison.where(comparison.notna(), None).to_dict(orient="index")}
+
+
 # --------------------------------------------------------------------------------------------------
 # Output
 
@@ -682,7 +701,7 @@ def _ids(text: str | None) -> list[str]:
     return [v.strip() for v in (text or "").split(",") if v.strip()]
 
 
-def _run_cli(args: argparse.Namespace) -> int:
+def _cmd_playlist(args: argparse.Namespace) -> int:
     if args.mode == "journey" and (args.start, args.end, args.margin) != (None, None, None):
         raise UsageError("--start, --end and --margin: not used by --mode journey (it runs from seed A to seed B)")
     if args.clusters is not None and not args.metrics:
@@ -710,11 +729,8 @@ def _run_cli(args: argparse.Namespace) -> int:
         log.info("wrote %s", out)
     scores = playlist_metrics(X, playlist.order, playlist.seeds, table.labels, playlist.projection.transform(X))
     if args.metrics:
-        k = args.clusters or n_labels(table.labels) or 8
-        comparison = compare_with_baselines(X, playlist, table.labels, n_clusters=k, seed=args.seed)
-        Path(args.metrics).write_text(json.dumps(
-            {"region": playlist.region, "n_candidates": len(playlist.candidates),
-             "methods": json.loads(comparison.to_json(orient="index"))}, indent=2) + "\n")
+        metrics = playlist_scores(X, playlist, table.labels, n_clusters=args.clusters, seed=args.seed)
+        Path(args.metrics).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     print(json.dumps({"region": playlist.region, "n_candidates": len(playlist.candidates), **scores}, indent=2))
     return 0
 
@@ -738,4 +754,4 @@ def register_cli(subparsers) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the baselines' k-means and random draw")
     p.add_argument("--clusters", type=count, help="k of the cluster baseline (default: number of labels, or 8)")
     p.add_argument("--metrics", help="write metrics of the playlist and the baselines to this JSON file")
-    p.set_defaults(func=_run_cli)
+    p.set_defaults(func=_cmd_playlist)

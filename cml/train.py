@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, load_audio, track_logmel
+from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, centre_offset, load_audio, track_logmel
 from cml.augment import Augment, AugmentConfig
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, save_checkpoint
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line
@@ -212,6 +212,7 @@ class TrackCrops:
 
     In memory a crop is a slice (microseconds); from disk it is a seek, a decode and a log-mel (a few
     ms). Both give (n_mels, frames) crops of the same length, zero-padded (log floor) past a track's end.
+    Every crop is `_take(i, start, frames)`; `random`, `at` and `centre` only choose the start frame.
     """
 
     def __init__(self, paths: list[str], durations: list[float], mel: MelConfig, in_memory: bool, progress: bool):
@@ -226,10 +227,16 @@ class TrackCrops:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def frames(self, seconds: float) -> int:
-        return round(seconds * self.mel.sample_rate / self.mel.hop_length)
+    def _length(self, i: int) -> int:
+        """Frames of track i: exact in memory, from the table's duration on disk."""
+        return self.logmels[i].shape[1] if self.logmels is not None else self.mel.frames(self.durations[i])
 
-    def _fit(self, x: Tensor, frames: int) -> Tensor:
+    def _take(self, i: int, start: int, frames: int) -> Tensor:
+        """The crop of `frames` frames from frame `start` (padded with the log floor past the end)."""
+        if self.logmels is not None:
+            x = self.logmels[i][:, start:start + frames]
+        else:
+            x = self._read(i, self.mel.seconds(start), self.mel.seconds(frames))
         return torch.nn.functional.pad(x[:, :frames], (0, frames - min(frames, x.shape[1])), value=self.floor)
 
     def _read(self, i: int, offset: float, seconds: float) -> Tensor:
@@ -244,34 +251,22 @@ class TrackCrops:
                 log.warning("cannot use %s (%s): its crops are silence from now on", self.paths[i], one_line(err))
             self.failed[self.paths[i]] = f"failed during training: {one_line(err)}"
             wave = torch.zeros(0)
-        return self._fit(LogMel(self.mel)(wave), self.frames(seconds))
+        return LogMel(self.mel)(wave)
 
     def random(self, i: int, seconds: float, g: torch.Generator) -> Tensor:
-        frames = self.frames(seconds)
-        if self.logmels is not None:
-            x = self.logmels[i]
-            start = int(torch.randint(max(1, x.shape[1] - frames + 1), (), generator=g))
-            return self._fit(x[:, start:start + frames], frames)
-        rng = np.random.default_rng(int(torch.randint(2**62, (), generator=g)))
-        return self._read(i, rng.uniform(0.0, max(0.0, self.durations[i] - seconds)), seconds)
+        frames = self.mel.frames(seconds)
+        return self._take(i, int(torch.randint(max(1, self._length(i) - frames + 1), (), generator=g)), frames)
 
     def at(self, i: int, seconds: float, fraction: float, shift: float = 0.0) -> Tensor:
         """The crop starting at `fraction` of the track's room for crops, moved by `shift` seconds (clipped)."""
         room = max(0.0, self.durations[i] - seconds)
-        offset = min(max(fraction * room + shift, 0.0), room)
-        frames = self.frames(seconds)
-        if self.logmels is not None:
-            start = min(round(offset * self.mel.sample_rate / self.mel.hop_length), max(0, self.logmels[i].shape[1] - frames))
-            return self._fit(self.logmels[i][:, start:start + frames], frames)
-        return self._read(i, offset, seconds)
+        frames = self.mel.frames(seconds)
+        start = self.mel.frames(min(max(fraction * room + shift, 0.0), room))
+        return self._take(i, min(start, max(0, self._length(i) - frames)), frames)
 
     def centre(self, i: int, seconds: float) -> Tensor:
-        frames = self.frames(seconds)
-        if self.logmels is not None:
-            x = self.logmels[i]
-            start = max(0, (x.shape[1] - frames) // 2)
-            return self._fit(x[:, start:start + frames], frames)
-        return self._read(i, max(0.0, (self.durations[i] - seconds) / 2), seconds)
+        frames = self.mel.frames(seconds)
+        return self._take(i, int(centre_offset(self._length(i), frames)), frames)
 
 
 def readable_crops(rows: pd.DataFrame, mel: MelConfig, in_memory: bool, progress: bool,
@@ -417,8 +412,7 @@ def measure_norm(crops: TrackCrops, n: int, seconds: float, seed: int) -> Normal
     """Mean and std of log-mel values over n random (unaugmented) training crops."""
     g = _generator(seed, _NORM)
     idx = torch.randint(len(crops), (n,), generator=g)
-    x = torch.stack([crops.random(int(i), seconds, g) for i in idx]).double()
-    return Normalizer(float(x.mean()), float(x.std()))
+    return Normalizer.measure(crops.random(int(i), seconds, g) for i in idx)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -488,7 +482,7 @@ def _val_data(train: TrackCrops, train_rows: pd.DataFrame, val: TrackCrops, val_
 
 
 @torch.no_grad()
-def evaluate(encoder: Encoder, data: ValData, cfg: TrainConfig, device: torch.device, autocast) -> dict[str, float]:
+def validate(encoder: Encoder, data: ValData, cfg: TrainConfig, device: torch.device, autocast) -> dict[str, float]:
     """Val NT-Xent on fixed augmented pairs, and k-NN accuracy of val centre crops against train ones."""
     was_training = encoder.training
     encoder.eval()
@@ -573,8 +567,8 @@ def _init_from(path: str | os.PathLike, enc_cfg: EncoderConfig, mel: MelConfig) 
 
 def _score(record: dict) -> float:
     """Model selection: the lowest val NT-Xent, label-free like the training itself; without a val split,
-    the last epoch. (Val k-NN accuracy over the ~60 val tracks of the default corpus swung by +-0.05 from
-    epoch to epoch and picked epoch 1 of 6 in one run; the val loss falls steadily.)"""
+    the last epoch. (Val k-NN accuracy over a few dozen val tracks is too noisy from epoch to epoch to pick
+    by; the val loss falls steadily. README, "What changed the numbers".)"""
     ntxent = record["val/ntxent"]
     return -ntxent if math.isfinite(ntxent) else float(record["epoch"])
 
@@ -622,34 +616,100 @@ def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: st
 
 def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool, max_epochs: Optional[int],
            d: Dist, device: torch.device, init: Optional[str | os.PathLike] = None) -> dict:
+    """The loop, nanoGPT-style: data and model once, then per step the schedule and one optimiser step, per
+    epoch validation, a checkpoint and the logs."""
     if cfg.batch_size % d.world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {d.world} processes")
+    state = _resume_state(out / "last.pt", cfg) if resume else None
+    data = build_data(cfg, tracks_csv, progress, state, init)
+    run = build_run(cfg, data, device, d)
+    start_epoch, step, history, timing = _restore(run, state, data.init_weights, device)
+    live = _open_live(out, history) if d.main else None
+
+    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
+    for epoch in range(start_epoch, end_epoch):
+        run.net.train()
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "ntxent": 0.0, "kmeans": 0.0}
+        batches = epoch_batches(cfg.seed, epoch, len(data.train_set), cfg.batch_size, data.epoch_steps)
+        bar = tqdm(_loader(data.train_set, batches, d, cfg.num_workers, device.type == "cuda"), total=data.epoch_steps,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
+        for v1, v2, groups in bar:
+            ntx, km = train_step(run, cfg, v1, v2, groups, d, device, step, epoch)
+            step += 1
+            sums["ntxent"] += ntx
+            sums["kmeans"] += km
+            sums["loss"] += ntx + cfg.kmeans_lambda * km
+            bar.set_postfix(loss=f"{ntx:.3f}", lr=f"{run.scheduler.get_last_lr()[0]:.2e}")
+        timing.append({"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                       "clips": 2 * cfg.batch_size * data.epoch_steps})
+        history.append(_epoch_record(run, data, cfg, epoch, step, sums, d, device))
+        _log_epoch(history[-1], timing[-1])
+        if d.main:
+            _log_live(live, history[-1])
+            _save_checkpoints(out, run, data, cfg, epoch, step, history, timing, device)
+        if d.world > 1:
+            dist.barrier()
+    return _finish(out, cfg, data, history, timing, live, d)
+
+
+@dataclass
+class TrainData:
+    """What the loop reads: the datasets, the fixed validation inputs, the standardisation and the budget."""
+
+    train_crops: TrackCrops
+    val_crops: TrackCrops
+    train_set: PairDataset
+    val_data: ValData
+    norm: Normalizer
+    recipe: str
+    epoch_steps: int
+    skipped: list[dict]  # rows not trained on, with the reason
+    init_weights: Optional[dict] = None  # encoder weights to fine-tune from (--init)
+
+
+@dataclass
+class Run:
+    """What the loop updates: the model (and its DDP wrapper), the optimiser, schedule and AMP state."""
+
+    encoder: Encoder
+    kmeans: Optional[KMeansLoss]
+    model: Contrastive
+    net: nn.Module  # `model`, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    autocast: contextlib.AbstractContextManager
+
+
+def _resume_state(last: Path, cfg: TrainConfig) -> Optional[dict]:
+    """The state of an interrupted run in `last` (None when there is none); it must come from this config."""
+    if not last.is_file():
+        return None
+    state = read_checkpoint(last, map_location="cpu")
+    theirs = {k: v for k, v in state["train_config"].items() if k not in RESUME_FREE_KEYS}
+    ours = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE_KEYS}
+    if theirs != ours:
+        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        raise ValueError(f"{last} was written with a different config (keys {diff}); use another out_dir or resume=False")
+    log.info("resuming from %s after epoch %d", last, state["epoch"])
+    return state
+
+
+def build_data(cfg: TrainConfig, tracks_csv, progress: bool, state: Optional[dict] = None,
+               init: Optional[str | os.PathLike] = None) -> TrainData:
+    """Read the train and val tracks (skipping what cannot be read), standardise, and pair views by the recipe."""
     tracks, skipped = training_tracks(tracks_csv)
-    mel = cfg.mel_config()
-    enc_cfg = cfg.encoder_config()
+    mel, enc_cfg = cfg.mel_config(), cfg.encoder_config()
     if enc_cfg.n_mels != mel.n_mels:
         raise ValueError(f"model n_mels {enc_cfg.n_mels} differs from the front end's {mel.n_mels}")
-
-    state = None
-    last = out / "last.pt"
-    if resume and last.is_file():
-        state = read_checkpoint(last, map_location="cpu")
-        theirs = {k: v for k, v in state["train_config"].items() if k not in RESUME_FREE_KEYS}
-        ours = {k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE_KEYS}
-        if theirs != ours:
-            diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-            raise ValueError(f"{last} was written with a different config (keys {diff}); "
-                             f"use another out_dir or resume=False")
-        log.info("resuming from %s after epoch %d", last, state["epoch"])
-
     tracks = tracks[tracks["split"].isin(["train", "val"])]
-    need_mb = tracks["duration"].sum() * mel.sample_rate / mel.hop_length * mel.n_mels * 4 / 2**20
+    need_mb = mel.frames(tracks["duration"].sum()) * mel.n_mels * 4 / 2**20
     in_memory = cfg.cache == "memory" or (cfg.cache == "auto" and need_mb <= cfg.cache_mb)
     log.info("log-mels %s (%.0f MB for %d tracks)", "cached in memory" if in_memory else "read from disk",
              need_mb, len(tracks))
     train_crops, train_rows, unread = readable_crops(tracks[tracks["split"] == "train"], mel, in_memory, progress)
     val_crops, val_rows, val_unread = readable_crops(tracks[tracks["split"] == "val"], mel, in_memory, progress)
-    skipped += unread + val_unread
     if not len(train_rows):
         raise CmlError(f"{tracks_csv}: none of the train tracks can be read (reasons in the log)")
     init_weights = None
@@ -664,108 +724,125 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
     train_set = pair_dataset(train_crops, train_rows, recipe, cfg, augment, norm)
     val_set = pair_dataset(val_crops, val_rows, recipe, cfg, augment, norm)
     val_data = _val_data(train_crops, train_rows, val_crops, val_rows, val_set, cfg, norm)
-    n_groups = len(train_set)
-    epoch_steps = steps_per_epoch(n_groups, cfg)
-    total_steps = epoch_steps * cfg.epochs
-    log.info("recipe %s: %d training groups (%d tracks), %d steps per epoch, %d in all", recipe, n_groups,
-             len(train_rows), epoch_steps, total_steps)
+    epoch_steps = steps_per_epoch(len(train_set), cfg)
+    log.info("recipe %s: %d training groups (%d tracks), %d steps per epoch, %d in all", recipe, len(train_set),
+             len(train_rows), epoch_steps, epoch_steps * cfg.epochs)
+    return TrainData(train_crops, val_crops, train_set, val_data, norm, recipe, epoch_steps,
+                     skipped + unread + val_unread, init_weights)
 
-    torch.manual_seed(cfg.seed)  # model init (as `untrained_encoder(config, seed)`) and dropout
+
+def build_run(cfg: TrainConfig, data: TrainData, device: torch.device, d: Dist) -> Run:
+    """A fresh encoder (seeded like `untrained_encoder`), k-means term, AdamW, warm-up + cosine schedule, AMP."""
+    enc_cfg = cfg.encoder_config()
+    torch.manual_seed(cfg.seed)  # model init and dropout
     encoder = Encoder(enc_cfg)
     kmeans = None
     if cfg.kmeans_lambda > 0:
         kmeans = KMeansLoss(cfg.kmeans_k, enc_cfg.embed_dim, cfg.kmeans_mode, _generator(cfg.seed, _KMEANS))
     model = Contrastive(encoder, kmeans).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    warmup = round(cfg.warmup_epochs * epoch_steps)
+    total_steps = data.epoch_steps * cfg.epochs
+    warmup = round(cfg.warmup_epochs * data.epoch_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, cfg.min_lr_ratio))
     autocast, amp_dtype = _autocast(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    start_epoch, step, history, timing = 0, 0, [], []
-    if state:
-        encoder.load_state_dict(state["model"])
-        if kmeans is not None:
-            kmeans.load_state_dict(state["kmeans"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng_state"], device)
-        start_epoch, step = state["epoch"], state["step"]
-        history, timing = list(state["metrics"]["history"]), list(state["metrics"]["timing"])
-    elif init_weights is not None:
-        encoder.load_state_dict(init_weights)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.world > 1 else model
+    return Run(encoder, kmeans, model, net, optimizer, scheduler, scaler, autocast)
 
-    live = None
+
+def _restore(run: Run, state: Optional[dict], init_weights: Optional[dict], device: torch.device,
+             ) -> tuple[int, int, list[dict], list[dict]]:
+    """Continue an interrupted run (weights, optimiser, schedule, RNG, logs) or start from `init_weights`;
+    returns (first epoch, step, history, timing)."""
+    if not state:
+        if init_weights is not None:
+            run.encoder.load_state_dict(init_weights)
+        return 0, 0, [], []
+    run.encoder.load_state_dict(state["model"])
+    if run.kmeans is not None:
+        run.kmeans.load_state_dict(state["kmeans"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng_state"], device)
+    return state["epoch"], state["step"], list(state["metrics"]["history"]), list(state["metrics"]["timing"])
+
+
+def train_step(run: Run, cfg: TrainConfig, v1: Tensor, v2: Tensor, groups: Tensor, d: Dist, device: torch.device,
+               step: int, epoch: int) -> tuple[float, float]:
+    """One optimiser step on a batch of view pairs; returns (NT-Xent, k-means term)."""
+    x = torch.cat([v1, v2]).to(device, non_blocking=True)  # (2n, M, T): both views in one pass
+    with run.autocast:
+        e, z, km = run.net(x)
+    z1, z2 = z.float().chunk(2)
+    ntx = nt_xent(_gather(z1, d), _gather(z2, d), cfg.temperature, _gather(groups.to(device), d))
+    # each process holds the gradient through its own slice; DDP averages, so scale by world
+    loss = ntx * d.world + cfg.kmeans_lambda * km
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss at step {step} (epoch {epoch + 1}): "
+                                 f"NT-Xent {float(ntx.detach())}, k-means {float(km.detach())}")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if cfg.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.kmeans is not None:
+        run.kmeans.update(_gather(e.detach().float().chunk(2)[0], d))  # one view per pair
+    return float(ntx.detach()), float(km.detach())
+
+
+def _epoch_record(run: Run, data: TrainData, cfg: TrainConfig, epoch: int, step: int, sums: dict[str, float],
+                  d: Dist, device: torch.device) -> dict:
+    """The end of an epoch: its mean training losses (over processes) and the validation metrics."""
+    record = {"epoch": epoch + 1, "step": step, "lr": run.scheduler.get_last_lr()[0]}
+    for name, total in sums.items():
+        record[f"train/{name}"] = _all_mean(total / data.epoch_steps, d, device)
+    record.update(validate(run.model.encoder, data.val_data, cfg, device, run.autocast))
+    return record
+
+
+def _log_epoch(record: dict, timing: dict) -> None:
+    log.info("epoch %d: loss %.4f, val NT-Xent %.4f, val k-NN %.3f, %.1f clips/s", record["epoch"],
+             record["train/loss"], record["val/ntxent"], record["val/knn_acc"], timing["clips"] / timing["seconds"])
+
+
+def _save_checkpoints(out: Path, run: Run, data: TrainData, cfg: TrainConfig, epoch: int, step: int,
+                      history: list[dict], timing: list[dict], device: torch.device) -> None:
+    """`last.pt` after every epoch (all a resumption needs); `best.pt` a copy of it when this epoch is the best."""
+    last = out / "last.pt"
+    save_checkpoint(
+        last, model=run.encoder, optimizer=run.optimizer, scheduler=run.scheduler, epoch=epoch + 1, step=step,
+        encoder_config=cfg.encoder_config(), mel_config=cfg.mel_config(), norm=data.norm, train_config=cfg,
+        metrics={"history": history, "timing": timing}, rng_state=_rng_state(device),
+        extra={"kmeans": run.kmeans.state_dict() if run.kmeans is not None else None,
+               "scaler": run.scaler.state_dict()},
+    )
+    if _best_epoch(history) is history[-1]:
+        shutil.copyfile(last, out / ".best.pt.tmp")
+        os.replace(out / ".best.pt.tmp", out / "best.pt")
+
+
+def _open_live(out: Path, history: list[dict]):
+    """DVCLive in `out/live`, with the epochs of a resumed run logged again."""
+    out.mkdir(parents=True, exist_ok=True)
+    from dvclive import Live
+
+    live = Live(str(out / "live"), dvcyaml=False, save_dvc_exp=False)
+    _replay_live(live, history)
+    return live
+
+
+def _finish(out: Path, cfg: TrainConfig, data: TrainData, history: list[dict], timing: list[dict], live,
+            d: Dist) -> dict:
+    """The skip report, the DVCLive summary and metrics.json (rank 0); the summary plus the history."""
+    summary = {**_summary(history, timing), "recipe": data.recipe} if history else {}
     if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        from dvclive import Live
-
-        live = Live(str(out / "live"), dvcyaml=False, save_dvc_exp=False)
-        _replay_live(live, history)
-
-    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
-    for epoch in range(start_epoch, end_epoch):
-        net.train()
-        t0 = time.perf_counter()
-        sums = {"loss": 0.0, "ntxent": 0.0, "kmeans": 0.0}
-        batches = epoch_batches(cfg.seed, epoch, n_groups, cfg.batch_size, epoch_steps)
-        bar = tqdm(_loader(train_set, batches, d, cfg.num_workers, device.type == "cuda"), total=epoch_steps,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
-        for v1, v2, groups in bar:
-            x = torch.cat([v1, v2]).to(device, non_blocking=True)  # (2n, M, T): both views in one pass
-            with autocast:
-                e, z, km = net(x)
-            z1, z2 = z.float().chunk(2)
-            ntx = nt_xent(_gather(z1, d), _gather(z2, d), cfg.temperature, _gather(groups.to(device), d))
-            # each process holds the gradient through its own slice; DDP averages, so scale by world
-            loss = ntx * d.world + cfg.kmeans_lambda * km
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss at step {step} (epoch {epoch + 1}): "
-                                         f"NT-Xent {float(ntx.detach())}, k-means {float(km.detach())}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if kmeans is not None:
-                kmeans.update(_gather(e.detach().float().chunk(2)[0], d))  # one view per pair
-            step += 1
-            ntx_value, km_value = float(ntx.detach()), float(km.detach())
-            sums["ntxent"] += ntx_value
-            sums["kmeans"] += km_value
-            sums["loss"] += ntx_value + cfg.kmeans_lambda * km_value
-            bar.set_postfix(loss=f"{ntx_value:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0]}
-        for name, total in sums.items():
-            record[f"train/{name}"] = _all_mean(total / epoch_steps, d, device)
-        record.update(evaluate(model.encoder, val_data, cfg, device, autocast))
-        history.append(record)
-        timing.append({"epoch": epoch + 1, "seconds": seconds, "clips": 2 * cfg.batch_size * epoch_steps})
-        log.info("epoch %d: loss %.4f, val NT-Xent %.4f, val k-NN %.3f, %.1f clips/s", epoch + 1,
-                 record["train/loss"], record["val/ntxent"], record["val/knn_acc"], timing[-1]["clips"] / seconds)
-        if d.main:
-            _log_live(live, record)
-            save_checkpoint(
-                last, model=encoder, optimizer=optimizer, scheduler=scheduler, epoch=epoch + 1, step=step,
-                encoder_config=enc_cfg, mel_config=mel, norm=norm, train_config=cfg,
-                metrics={"history": history, "timing": timing}, rng_state=_rng_state(device),
-                extra={"kmeans": kmeans.state_dict() if kmeans is not None else None, "scaler": scaler.state_dict()},
-            )
-            if _best_epoch(history) is record:
-                shutil.copyfile(last, out / ".best.pt.tmp")
-                os.replace(out / ".best.pt.tmp", out / "best.pt")
-        if d.world > 1:
-            dist.barrier()
-
-    summary = {**_summary(history, timing), "recipe": recipe} if history else {}
-    if d.main:
-        skipped += [{"id": None, "path": p, "reason": r} for p, r in {**train_crops.failed, **val_crops.failed}.items()]
+        failed = {**data.train_crops.failed, **data.val_crops.failed}
+        skipped = data.skipped + [{"id": None, "path": p, "reason": r} for p, r in failed.items()]
         pd.DataFrame(skipped, columns=["id", "path", "reason"]).to_csv(out / "skipped.csv", index=False)
     if d.main and history:
         live.summary = dict(summary)  # dvclive adds its step to the dict it is given

@@ -10,16 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from cml.audio import (
-    LogMel,
-    MelConfig,
-    iter_blocks,
-    load_audio,
-    register_cli,
-    scan_audio,
-    track_logmel,
-    write_skip_report,
-)
+from cml.audio import LogMel, MelConfig, iter_blocks, load_audio, track_logmel
+from cml.scan import register_cli, scan_audio, write_skip_report
 
 # (extension, soundfile format, subtype, sample rate the format accepts)
 FORMATS = [

@@ -13,11 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from cml.audio import MelConfig, scan_audio
+from cml.audio import MelConfig
 from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.cli import main
 from cml.embed import estimate_normalizer
 from cml.model import EncoderConfig
+from cml.scan import scan_audio
 from cml.tables import read_feature_table, read_tracks, write_feature_table
 from cml.train import readable_crops, train
 

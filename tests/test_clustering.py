@@ -9,10 +9,12 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from cml.clustering import (GRID_METRICS, METHODS, best_pair, check_directions, cluster, contingency, discover_tables,
-                            evaluate, grid_metrics, headline_metric, kdistance_eps, load_tables, medoids,
-                            purity, ranking, register_cli, run_grid, select_spaces)
+from cml.clustering import (GRID_METRICS, METHODS, ClusterTestingConfig, best_pair, check_directions, cluster,
+                            contingency, discover_tables, partition_scores, grid_metrics, headline_metric, kdistance_eps,
+                            load_tables, medoids, purity, ranking, register_cli, run_grid, select_spaces)
+from cml.errors import UsageError
 from cml.neighbours import l2_normalise
+from cml.params import load_config
 from cml.tables import FeatureTable, FeatureTableError, write_feature_table
 
 
@@ -105,7 +107,7 @@ def test_purity():
 
 def test_evaluate(blobs):
     X, y = blobs
-    scores = evaluate(X, y, [str(v) if i % 2 else None for i, v in enumerate(y)])
+    scores = partition_scores(X, y, [str(v) if i % 2 else None for i, v in enumerate(y)])
     assert scores["n_clusters"] == 3 and scores["noise_fraction"] == 0.0
     assert scores["n_labelled"] == 60 and scores["ari"] == 1.0 and scores["purity"] == 1.0
     assert scores["silhouette"] > 0.8 and scores["davies_bouldin"] < 0.5
@@ -113,10 +115,10 @@ def test_evaluate(blobs):
 
 def test_evaluate_degenerate_cases(blobs):
     X, y = blobs
-    one = evaluate(X, np.zeros(len(X), dtype=int), y)
+    one = partition_scores(X, np.zeros(len(X), dtype=int), y)
     assert one["n_clusters"] == 1 and one["silhouette"] is None and one["davies_bouldin"] is None
     assert one["purity"] == pytest.approx(1 / 3, abs=0.01)
-    noise = evaluate(X, -np.ones(len(X), dtype=int))
+    noise = partition_scores(X, -np.ones(len(X), dtype=int))
     assert noise["n_clusters"] == 0 and noise["noise_fraction"] == 1.0 and noise["silhouette"] is None
     assert json.dumps(noise)  # no NaN: valid JSON for `dvc metrics`
 
@@ -146,6 +148,23 @@ def test_cli_writes_clusters_and_metrics(blobs, tmp_path, cli):
     # k defaults to the number of distinct labels
     assert cli(str(table), "--method", "kmeans", "--out", str(out)) == 0
     assert pd.read_csv(out)["cluster"].nunique() == 3
+
+
+def test_cli_and_the_grid_give_the_same_keys_and_values(blobs, tmp_path, cli):
+    """`cml cluster` scores with the function the ClusterTesting grid uses: the grid's keys (its metrics.json)
+    hold the same values in the CLI's metrics; --standardise z-scores as `load_tables` does for a baseline."""
+    X, y = blobs
+    ids = [f"t{i:03d}" for i in range(len(X))]
+    path = write_feature_table(tmp_path / "hand.parquet", ids, X * [1, 1, 1, 1, 1, 1, 1, 1e3] + 5,
+                               labels=[f"g{v}" for v in y])
+    tables = load_tables({"hand": path}, zscored=("hand",))
+    for method in ("kmeans", "dbscan"):
+        row = grid_metrics(run_grid(tables, [method], seed=0))["hand"][method]
+        scores = tmp_path / f"{method}.json"
+        assert cli(str(path), "--method", method, "--standardise", "--metrics", str(scores)) == 0
+        metrics = json.loads(scores.read_text())
+        assert {key: metrics[key] for key in GRID_METRICS} == row
+        assert metrics["method"] == method and metrics["n_labelled"] == len(X)
 
 
 # --- the ClusterTesting grid and what the notebook shows of it ---------------------------------------
@@ -229,3 +248,45 @@ def test_contingency_orders_clusters_by_majority_label():
     assert table.index.tolist() == ["2", "5", "7", "noise"]  # 2 is mostly a, 5 and 7 mostly b, noise last
     assert table.loc["5"].tolist() == [1, 2] and table.loc["7"].tolist() == [0, 1]  # unlabelled row left out
     assert table.to_numpy().sum() == 7
+
+
+@pytest.mark.parametrize("line, message", [
+    ("split: train", "split must be 'all' or 'test', got 'train'"),
+    ("methods: [kmeans, ward]", "unknown methods \\['ward'\\]"),
+    ("methods: []", "methods must be a non-empty list"),
+    ("methods: kmeans", "methods must be a non-empty list"),
+    ("k: 1", "k must be an integer >= 2, or null"),
+    ("k: 3.5", "k must be an integer >= 2, or null"),
+    ("k: true", "k must be an integer >= 2, or null"),
+    ("embeddings: []", "embeddings must be 'all' or a list"),
+    ("elki_embeddings: 3", "elki_embeddings must be 'all', 'trained' or a list"),
+    ("seed: -1", "seed must be an integer >= 0"),
+    ("medoids_per_cluster: 0", "medoids_per_cluster must be an integer >= 1"),
+    ("audio_seconds: 0", "audio_seconds must be a finite number > 0"),
+    ("audio_seconds: .inf", "audio_seconds must be a finite number > 0"),
+    ("audio_seconds: six", "audio_seconds must be a finite number > 0"),
+    ("n_clusters: 3", "unknown keys in 'cluster_testing': \\['n_clusters'\\]"),
+])
+def test_cluster_testing_params_are_checked_in_one_line(tmp_path, line, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(f"cluster_testing:\n  {line}\n")
+    with pytest.raises(UsageError, match=f"{path}: section 'cluster_testing': {message}") as err:
+        load_config(path, "cluster_testing", ClusterTestingConfig)
+    assert "\n" not in str(err.value)
+
+
+def test_cluster_testing_params_defaults_and_valid_values(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("cluster_testing: {}\n")
+    assert load_config(path, "cluster_testing", ClusterTestingConfig) == ClusterTestingConfig()
+    path.write_text("cluster_testing:\n  k: 4\n  split: test\n  elki_embeddings: [a-s0]\n  audio_seconds: 3\n")
+    config = load_config(path, "cluster_testing", ClusterTestingConfig)
+    assert (config.k, config.split, config.elki_embeddings, config.audio_seconds) == (4, "test", ["a-s0"], 3)
+
+
+def test_cluster_testing_rows_follow_the_split():
+    tracks = pd.DataFrame({"split": ["train", "test", "val", "test"]}, index=["a", "b", "c", "d"])
+    assert ClusterTestingConfig().rows(tracks).index.tolist() == ["a", "b", "c", "d"]
+    assert ClusterTestingConfig(split="test").rows(tracks).index.tolist() == ["b", "d"]
+    with pytest.raises(ValueError, match="split 'test' selects 1 of 3 tracks; clustering needs at least 2"):
+        ClusterTestingConfig(split="test").rows(tracks.iloc[:3])

@@ -4,6 +4,7 @@ import math
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,17 @@ def test_missing_jar_and_java(blobs, monkeypatch, tmp_path):
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(elki.ElkiError, match="Java not found"):
         elki.kmeans(blobs[0], 3)
+
+
+def test_a_jar_of_another_elki_version_is_refused_in_one_line(blobs, monkeypatch, tmp_path):
+    """Only ELKI 0.7.x's class names are known; ELKI 0.8 (package ``elki.*``) gets a clear error, no JVM."""
+    jar = tmp_path / "elki-0.8.jar"
+    with zipfile.ZipFile(jar, "w") as zf:
+        zf.writestr("elki/application/KDDCLIApplication.class", b"")
+    monkeypatch.setenv(elki.ELKI_JAR_ENV, str(jar))
+    with pytest.raises(elki.ElkiError, match=r"elki-0\.8\.jar is not ELKI 0\.7\.x") as err:
+        elki.kmeans(blobs[0], 3)
+    assert "\n" not in str(err.value) and "apt-get install elki" in str(err.value)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from cml.audio import MelConfig, track_logmel
+from cml.audio import MelConfig, centre_offset, track_logmel
 from cml.cli import main
 from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.embed import (centre_crop, crop_embeddings, embed_tracks, estimate_normalizer, load_model,
@@ -124,6 +124,23 @@ def test_estimate_normalizer_standardises(tracks):
     x = torch.cat([track_logmel(p) for p in tracks["path"]], dim=1)
     z = norm(x)
     assert abs(z.mean().item()) < 1e-3 and abs(z.std().item() - 1) < 1e-3
+
+
+def test_one_normaliser_estimate_for_trained_and_untrained_encoders(tracks):
+    logmels = [track_logmel(p) for p in tracks["path"]]
+    values = np.concatenate([x.double().flatten().numpy() for x in logmels])
+    norm = Normalizer.measure(iter(logmels))  # any iterable: training hands it a generator of crops
+    assert norm.mean == pytest.approx(values.mean(), abs=1e-12) and norm.std == pytest.approx(values.std(ddof=1), abs=1e-12)
+    # the untrained baseline's estimate is the same statistic over the first seconds of its sample
+    assert estimate_normalizer(tracks["path"], MelConfig(), max_tracks=len(tracks), seed=0) == norm
+    assert Normalizer.measure([]) == Normalizer() and Normalizer.measure([torch.full((4, 5), -3.0)]).std == 1.0
+
+
+def test_seconds_frames_and_the_centre_are_written_once():
+    mel = MelConfig()
+    assert mel.frames(4.0) == 400 and mel.seconds(400) == 4.0 and mel.frames(mel.seconds(123)) == 123
+    assert centre_offset(30.0, 4.0) == 13.0 and centre_offset(3.0, 4.0) == 0.0
+    assert int(centre_offset(11, 4)) == 3  # frames: the earlier of two middles, as (11 - 4) // 2
 
 
 def test_crop_embeddings(encoder, tracks):

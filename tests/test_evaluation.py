@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cml import evaluation
 from cml.evaluation import evaluate_embeddings, kmeans_agreement, length_extrapolation, linear_probe_accuracy
@@ -119,6 +120,28 @@ def test_cli_spotify_csv_with_split_file_and_fallback(tmp_path):
 
     assert _run(["evaluate", str(tmp_path / "spotify.csv"), "--out", str(out)]) == 0  # no label column
     assert set(json.loads(out.read_text())["notes"]) == set(evaluation.METRIC_KEYS)
+
+
+def test_cli_and_the_compare_notebook_s_function_give_the_same_keys_and_values(tmp_path):
+    """`cml evaluate FILE --split tracks.csv` writes what `score_space` (the Compare notebook's scores) gives
+    on the same rows: the same keys, from the same code, and the same values; --standardise as standardised."""
+    X, y, split = blobs(classes=3)
+    rng = np.random.default_rng(2)
+    ids = [f"t{i:03d}" for i in range(len(X))]
+    tracks = pd.DataFrame({"id": ids, "label": y, "split": split, "piece": [f"p{i // 2}" for i in range(len(X))],
+                           "programs": rng.choice(["0;33", "40;0", "73"], len(X)),
+                           "duration": rng.uniform(20, 300, len(X))})
+    tracks.to_csv(tmp_path / "tracks.csv", index=False)
+    loud = np.hstack([X, 1e3 * rng.normal(size=(len(X), 1))])  # one column in other units
+    write_feature_table(tmp_path / "emb.parquet", ids[::-1], loud[::-1], labels=y[::-1])  # another row order
+    expected = evaluation.score_space(loud, tracks.set_index("id"))
+    assert {"knn_acc", "knn_acc_loo", "knn_timbre_acc", "nmi_all", "pc1_share", "n_test"} <= set(expected)
+    for flags, standardised in (([], False), (["--standardise"], True)):
+        out = tmp_path / "metrics.json"
+        assert _run(["evaluate", str(tmp_path / "emb.parquet"), "--out", str(out),
+                     "--split", str(tmp_path / "tracks.csv"), *flags]) == 0
+        expected = evaluation.score_space(loud, tracks.set_index("id"), standardised=standardised)
+        assert json.loads(out.read_text()) == pytest.approx(expected, rel=1e-9)  # rows in another order: float sums
 
 
 def test_cli_uses_the_tables_own_split(tmp_path):  # bad input: tests/test_cli_domains.py

@@ -199,7 +199,7 @@ def test_standardise_handles_constant_and_nan_columns():
     np.testing.assert_allclose(Zc, 0.0, atol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["pca", "tsne"])
+@pytest.mark.parametrize("method", ["pca", "tsne", "umap"])
 def test_project_2d_shapes_and_seed_determinism(method):
     rng = np.random.default_rng(0)
     X = np.vstack([rng.normal(0, 1, (12, 6)), rng.normal(8, 1, (12, 6))])
@@ -216,9 +216,12 @@ def test_project_2d_small_inputs_fall_back_to_pca():
     out = project_2d(X, method="tsne", seed=0)
     assert out.shape == (3, 2)
     np.testing.assert_allclose(out, project_2d(X, method="pca"))
+    np.testing.assert_allclose(project_2d(X, method="umap"), project_2d(X, method="pca"))
     assert project_2d(np.arange(4.0)[:, None], method="tsne").shape == (4, 2)
     with pytest.raises(ValueError, match="NaN"):
         project_2d(np.array([[1.0, np.nan]] * 6))
+    with pytest.raises(ValueError, match="method must be one of 'pca', 'tsne', 'umap', got 'mds'"):
+        project_2d(X, method="mds")
 
 
 def test_class_summary_groups_by_label_in_row_order():

@@ -8,7 +8,7 @@ import pytest
 from cml.errors import UsageError
 from cml.evaluation import lead_program, majority_rate, style_timbre_probe
 from cml.neighbours import knn_accuracy
-from cml.notebook import find_repo_root, save_figure, write_metrics
+from cml.notebook import audio_excerpt, find_repo_root, listen, save_figure, write_metrics
 from cml.params import load_params
 
 matplotlib.use("Agg")
@@ -94,3 +94,53 @@ def test_lead_program_and_majority_rate():
     assert lead_program(19) == "19"
     assert majority_rate(np.array(["a", "a", "b", "c"])) == 0.5
     assert math.isnan(majority_rate(np.array([])))
+
+
+def _ramp_wav(path, seconds, rate):
+    """A WAV whose every sample is different (a ramp), so an excerpt shows where it was cut."""
+    import soundfile as sf
+
+    ramp = np.linspace(-0.9, 0.9, round(seconds * rate), dtype=np.float32)
+    sf.write(path, ramp, rate, subtype="FLOAT")
+    return ramp
+
+
+@pytest.mark.parametrize("rate", [16000, 22050])
+def test_audio_excerpt_is_the_centred_part_at_the_files_rate(tmp_path, rate):
+    ramp = _ramp_wav(tmp_path / "a.wav", 3.0, rate)
+    wave, got_rate = audio_excerpt(tmp_path / "a.wav", 1.0)
+    assert got_rate == rate and wave.shape == (rate,)
+    np.testing.assert_array_equal(wave, ramp[rate: 2 * rate])  # seconds 1 to 2 of 3
+    wave, _ = audio_excerpt(tmp_path / "a.wav", 1.0, offset=0.5)
+    np.testing.assert_array_equal(wave, ramp[rate // 2: rate // 2 + rate])
+    wave, _ = audio_excerpt(tmp_path / "a.wav", 5.0)  # longer than the track: all of it
+    np.testing.assert_array_equal(wave, ramp)
+
+
+def test_audio_excerpt_at_a_given_rate(tmp_path):
+    _ramp_wav(tmp_path / "a.wav", 3.0, 22050)
+    wave, rate = audio_excerpt(tmp_path / "a.wav", 1.5, sample_rate=16000)
+    assert rate == 16000 and wave.shape == (24000,)
+    assert abs(float(wave.mean())) < 0.01  # the centre of a ramp symmetric about 0
+
+
+def test_listen_plays_the_excerpt(tmp_path):
+    import io
+
+    import soundfile as sf
+    from IPython.display import Audio
+
+    ramp = _ramp_wav(tmp_path / "a.wav", 3.0, 16000)
+    player = listen(tmp_path / "a.wav", 2.0)
+    assert isinstance(player, Audio)
+    played, rate = sf.read(io.BytesIO(player.data))
+    assert rate == 16000 and played.shape == (32000,)
+    expected = ramp[8000:40000]
+    np.testing.assert_allclose(played, expected / np.abs(expected).max(), atol=1e-4)  # Audio normalises
+
+
+@pytest.mark.parametrize("path", ["missing.wav", None, math.nan])
+def test_listen_without_a_file_says_so(tmp_path, path):
+    path = tmp_path / path if isinstance(path, str) else path
+    with pytest.raises(FileNotFoundError, match="no local audio file: .*"):
+        listen(path, 1.0)

@@ -15,8 +15,8 @@ from scipy.spatial import Delaunay
 
 from cml.playlist import (PlaylistError, auto_seeds, build_playlist, cluster_baseline, compare_with_baselines,
                           fit_projection, knn_baseline, nearest_neighbour_tour, outside_distance, path_length,
-                          playlist_frame, playlist_metrics, prepare, register_cli, resolve_ids, two_opt,
-                          write_playlist)
+                          playlist_frame, playlist_metrics, playlist_scores, prepare, register_cli, resolve_ids,
+                          two_opt, write_playlist)
 from cml.tables import read_feature_table, write_feature_table
 
 SQUARE = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
@@ -332,7 +332,22 @@ def test_cli_end_to_end_on_a_small_csv(tmp_path, capsys):
     assert csv["spotify_uri"][0] == "spotify:track:sp001" and csv["title"][0] == "Band - Song 1"
     assert (tmp_path / "p.m3u8").read_text() == "#EXTM3U\n"  # no local files in a Spotify export
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics["methods"]) == {"hull", "knn_centroid", "random_cluster"}
+    assert set(metrics) == {"corpus_tracks", "n_seeds", "n_candidates", "fallback", "explained_variance",
+                            "playlist", "knn_centroid", "random_cluster"}
+
+
+def test_cli_and_the_notebook_s_function_give_the_same_keys_and_values(tmp_path):
+    """`cml playlist --metrics` writes `playlist_scores`, the dict the Playlists notebook writes (plus its
+    journey): same keys, same values on the same table, seeds and options."""
+    path = spotify_csv(tmp_path)
+    assert run_cli(["playlist", str(path), "--seeds", "sp001,sp002,sp003,sp004", "--length", "8", "--margin", "0.3",
+                    "--out", str(tmp_path / "p.csv"), "--metrics", str(tmp_path / "m.json"), "--seed", "1"]) == 0
+    table = read_feature_table(path)
+    X = prepare(table.X, "l2")
+    playlist = build_playlist(X, resolve_ids(table.ids, ["sp001", "sp002", "sp003", "sp004"]), 8, margin=0.3)
+    expected = playlist_scores(X, playlist, table.labels, seed=1)
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(expected))
+    assert expected["fallback"] is False and expected["playlist"]["n_tracks"] == 8
 
 
 def test_cli_journey(tmp_path):
