@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -44,9 +45,10 @@ from tqdm.auto import tqdm
 from cml.audio import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, untrained_encoder
 from cml.model import Encoder, EncoderConfig
+from cml.embed_cache import EmbeddingCache, default_folder, model_key
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line, positive
 from cml.scan import scan_audio
-from cml.tables import read_tracks, write_feature_table
+from cml.tables import part_path, read_tracks, write_feature_table
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,7 @@ def embed_tracks(
     window_seconds: Optional[float] = None,
     max_seconds: Optional[float] = None,
     progress: bool = True,
+    cache: Optional[EmbeddingCache] = None,
 ) -> Embedded:
     """One embedding per row of `tracks` (columns id, path, optional label and split).
 
@@ -153,6 +156,8 @@ def embed_tracks(
     full pass.
     mode "full": the whole track (or its first `max_seconds`) in one encoder pass. The encoder runs in
     eval mode (no dropout) whatever mode it was handed in, and is left as it was.
+    cache: vectors of unchanged files are read from it instead of decoding the audio (its key must be that
+    of this encoder and these settings: `cml.embed_cache.model_key`); new ones are added.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -162,22 +167,31 @@ def embed_tracks(
     kept, seconds, vectors, skipped = [], [], [], []
     rows = tracks.itertuples(index=False)
     for i, row in enumerate(tqdm(rows, total=len(tracks), desc=f"embed ({mode})", unit="track", disable=not progress)):
+        cached = cache.get(row.path) if cache is not None else None
         try:
-            with _eval_mode(encoder) as device:
-                x = normalizer(_logmel(row.path, mel_config, max_frames))[None].to(device)  # (1, M, T)
-                e = encoder.embed(x) if window is None else encoder.embed_chunked(x, window, max(1, window // 2))
+            e, length = cached or _embed_file(encoder, mel_config, normalizer, row.path, max_frames, window)
         except TRACK_ERRORS as err:
             _skip(skipped, row, f"{type(err).__name__}: {err}")
             continue
-        e = e[0].float().cpu().numpy()
         if not np.isfinite(e).all():
             _skip(skipped, row, "non-finite embedding")
             continue
+        if cache is not None and cached is None:
+            cache.put(row.path, e, length)
         kept.append(i)
-        seconds.append(mel_config.seconds(x.shape[-1]))
+        seconds.append(length)
         vectors.append(e)
     X = np.stack(vectors) if vectors else np.zeros((0, encoder.cfg.embed_dim), np.float32)
     return Embedded(_track_rows(tracks, kept, seconds), X, _finish("embed", len(kept), skipped))
+
+
+def _embed_file(encoder: Encoder, mel_config: MelConfig, normalizer: Normalizer, path: str,
+                max_frames: Optional[int], window: Optional[int]) -> tuple[np.ndarray, float]:
+    """(embedding, seconds of audio embedded) of one file: one pass, or the mean of windows."""
+    with _eval_mode(encoder) as device:
+        x = normalizer(_logmel(path, mel_config, max_frames))[None].to(device)  # (1, M, T)
+        e = encoder.embed(x) if window is None else encoder.embed_chunked(x, window, max(1, window // 2))
+    return e[0].float().cpu().numpy(), mel_config.seconds(x.shape[-1])
 
 
 def centre_crop(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -317,19 +331,40 @@ def _read_tracks(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     return scan.tracks, skipped
 
 
-def _outputs(args: argparse.Namespace) -> list[Path]:
-    """Every file the command will write, checked before any audio is read."""
+class Shard(NamedTuple):
+    """This process's share of a `torchrun` job (RANK of WORLD_SIZE): a contiguous block of the rows, written
+    as part files of each output (`cml.tables.part_path`), which every reader takes as one table."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> "Shard":
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+    def rows(self, tracks: pd.DataFrame) -> pd.DataFrame:
+        lo, hi = len(tracks) * self.rank // self.world, len(tracks) * (self.rank + 1) // self.world
+        return tracks.iloc[lo:hi].reset_index(drop=True)
+
+    def device(self, device: torch.device) -> torch.device:
+        """One GPU per process: cuda without an index is cuda:LOCAL_RANK."""
+        if device.type == "cuda" and device.index is None and self.world > 1:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return device
+
+
+def _outputs(args: argparse.Namespace, shard: Shard) -> dict[str, Path]:
+    """Every file the command will write (name -> this process's path), checked before any audio is read."""
     out = Path(args.out)
-    names = [*(f"{m}x" for m in CROP_MULTIPLES), "full"] if args.crops else []
-    files = [out.with_name(f"{out.stem}.{n}{out.suffix}") for n in names] or [out]
-    return [check_output(f) for f in (*files, *([args.skipped] if args.skipped else []))]
+    names = [*(f"{m}x" for m in CROP_MULTIPLES), "full"] if args.crops is not None else []
+    files = {n: out.with_name(f"{out.stem}.{n}{out.suffix}") for n in names} or {"tracks": out}
+    if args.skipped:
+        files["skipped"] = Path(args.skipped)
+    return {name: check_output(part_path(f, *shard)) for name, f in files.items()}
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
-    if bool(args.audio_dir) == bool(args.tracks):
-        raise UsageError("give either AUDIO_DIR or --tracks FILE (not both)")
-    device = resolve_device(args.device)
-    _outputs(args)
+def _model(args: argparse.Namespace, device: torch.device) -> tuple[Encoder, MelConfig, Optional[Normalizer], Optional[float]]:
+    """The encoder, its front end and standardisation (None: untrained) and training crop (None: untrained)."""
     untrained = args.model.startswith(UNTRAINED)
     model, frontend = study_model(args.params) if untrained else ({}, MelConfig())
     try:
@@ -340,38 +375,66 @@ def _cmd_embed(args: argparse.Namespace) -> int:
             raise
         raise UsageError(f"{args.model}: {one_line(err)}") from err
     training_crop = None if untrained else read_checkpoint(args.model)["train_config"].get("crop_seconds")
+    return encoder, mel_config, normalizer, training_crop
+
+
+def _open_cache(args: argparse.Namespace, encoder: Encoder, mel_config: MelConfig, normalizer: Normalizer,
+                window_seconds: float) -> contextlib.AbstractContextManager:
+    """The embedding cache of this model and these settings (a no-op context with --no-cache)."""
+    if args.no_cache:
+        return contextlib.nullcontext()
+    settings = {"encoder": dataclasses.asdict(encoder.cfg), "frontend": dataclasses.asdict(mel_config),
+                "norm": normalizer.to_dict(), "mode": args.mode, "max_seconds": args.max_seconds,
+                "window_seconds": window_seconds if args.mode == "chunked" else None, "seed": args.seed}
+    return EmbeddingCache(args.cache or default_folder(), model_key(args.model, settings))
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    if bool(args.audio_dir) == bool(args.tracks):
+        raise UsageError("give either AUDIO_DIR or --tracks FILE (not both)")
+    shard = Shard.from_env()
+    device = shard.device(resolve_device(args.device))
+    files = _outputs(args, shard)
+    encoder, mel_config, normalizer, training_crop = _model(args, device)
     if args.crops == TRAINING_CROP:
         if training_crop is None:
             raise UsageError(f"--crops needs CROP_SECONDS with {args.model} (it has no training crop)")
         args.crops = float(training_crop)
     window_seconds = args.window_seconds or WINDOW_CROPS * float(training_crop or DEFAULT_CROP_SECONDS)
     tracks, scan_skipped = _read_tracks(args)
-    if normalizer is None:
+    if normalizer is None:  # from all the tracks, so every rank standardises alike
         pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
         normalizer = estimate_normalizer((pool if len(pool) else tracks)["path"], mel_config, seed=args.seed)
         log.info("untrained model: inputs standardised with mean %.3f, std %.3f", normalizer.mean, normalizer.std)
-    progress = not args.quiet
-    out = Path(args.out)
+    tracks, progress = shard.rows(tracks), not args.quiet and shard.rank == 0
     if args.crops:
         res = crop_embeddings(encoder, mel_config, normalizer, tracks, args.crops, progress=progress)
         for name, X in res.X.items():
-            Embedded(res.tracks, X, res.skipped).write(out.with_name(f"{out.stem}.{name}{out.suffix}"))
-        written, skipped = f"{out.stem}.{{{','.join(res.X)}}}{out.suffix}", res.skipped
+            Embedded(res.tracks, X, res.skipped).write(files[name])
     else:
-        res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds, progress)
-        res.write(out)
-        written, skipped = out, res.skipped
-    skipped = pd.concat([scan_skipped, skipped], ignore_index=True) if len(scan_skipped) else skipped
-    if args.skipped:
-        skipped.to_csv(args.skipped, index=False)
+        with _open_cache(args, encoder, mel_config, normalizer, window_seconds) as cache:
+            res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds,
+                               progress, cache)
+        res.write(files["tracks"])
+        if cache is not None:
+            log.info("embedding cache %s: %d vectors reused, %d files not in it", cache.folder, cache.hits, cache.misses)
+    _report(args, files, tracks, res, scan_skipped if shard.rank == 0 else scan_skipped.iloc[:0])
+    return 0
+
+
+def _report(args: argparse.Namespace, files: dict[str, Path], tracks: pd.DataFrame, res, scan_skipped: pd.DataFrame) -> None:
+    """The skip report and the one-line summary; an error when no track at all could be embedded."""
+    skipped = pd.concat([scan_skipped, res.skipped], ignore_index=True) if len(scan_skipped) else res.skipped
+    if "skipped" in files:
+        skipped.to_csv(files["skipped"], index=False)
+    written = ", ".join(str(f) for name, f in files.items() if name != "skipped")
     print(f"{len(res.tracks)} tracks embedded ({res.tracks['seconds'].sum() / 3600:.2f} h) -> {written}; "
-          f"{len(skipped)} skipped" + (f" (see {args.skipped})" if args.skipped else ""))
+          f"{len(skipped)} skipped" + (f" (see {files['skipped']})" if "skipped" in files else ""))
     for r in skipped.head(10).itertuples():
         print(f"  skipped {r.path}: {r.reason}", file=sys.stderr)
     if len(tracks) and not len(res.tracks):
         raise CmlError(f"none of the {len(tracks)} tracks could be embedded; reasons above"
-                       + (f" and in {args.skipped}" if args.skipped else ""))
-    return 0
+                       + (f" and in {files['skipped']}" if "skipped" in files else ""))
 
 
 def register_cli(subparsers) -> None:
@@ -396,6 +459,9 @@ def register_cli(subparsers) -> None:
                                    "model and frontend sections")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="untrained:VARIANT: override an EncoderConfig field (repeatable), e.g. --set dim=64")
+    p.add_argument("--cache", metavar="DIR", help="embedding cache: unchanged files are not decoded again "
+                                                  "(default $CML_EMBED_CACHE or ~/.cache/cml/embeddings)")
+    p.add_argument("--no-cache", action="store_true", help="embed every file, read and write no cache")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_embed)

@@ -16,12 +16,16 @@ without becoming a feature. CSV is accepted on input: there, every numeric colum
 feature. Bad input (no id, repeated ids, no numeric column, NaN/inf values, unreadable file) raises
 :class:`FeatureTableError` naming the problem and the offending rows; ``drop_invalid=True`` drops
 those rows instead and logs what was dropped.
+
+A folder is a table split in parts (`part_path`: one per `torchrun` rank, ``part-00000-of-00002.parquet``,
+...): read as the parts concatenated in rank order, once every part of one run is there.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = ("id", "track_id")  # first one present is the id
 LABEL_COLUMN = "label"
 FEATURES_METADATA_KEY = b"cml.features"
+PART = re.compile(r"part-(\d{5})-of-(\d{5})(\.[A-Za-z]+)$")  # one rank's share of a table (see `part_path`)
 _SHOW = 10  # how many offending ids an error message names
 
 
@@ -66,10 +71,34 @@ def preview(values: np.ndarray | pd.Index) -> str:
     return shown + (f", ... ({len(values)} in all)" if len(values) > _SHOW else "")
 
 
+def part_path(path: str | Path, rank: int, world: int) -> Path:
+    """Where rank `rank` of `world` processes writes its share of the table `path`: a part file in the folder
+    `path` (the table itself when world is 1)."""
+    path = Path(path)
+    return path if world == 1 else path / f"part-{rank:05d}-of-{world:05d}{path.suffix}"
+
+
+def table_parts(folder: Path) -> list[Path]:
+    """The part files of a table folder in rank order; a FeatureTableError unless they are one complete run."""
+    parts = sorted((int(m[1]), int(m[2]), p) for p in folder.iterdir() if (m := PART.fullmatch(p.name)))
+    worlds = {world for _, world, _ in parts}
+    if len(worlds) != 1 or [rank for rank, _, _ in parts] != list(range(worlds.pop())):
+        found = ", ".join(p.name for _, _, p in parts) or "no part-NNNNN-of-NNNNN files"
+        raise FeatureTableError(f"cannot read feature table {folder}: not one complete set of parts ({found})")
+    return [p for _, _, p in parts]
+
+
 def _read_frame(path: Path, text_columns: tuple[str, ...]) -> tuple[pd.DataFrame, list[str] | None]:
-    """Read a CSV or Parquet file; return it and the feature names recorded in Parquet metadata."""
+    """Read a CSV or Parquet file (or a folder of parts); return it and the feature names recorded in
+    Parquet metadata."""
     if not path.exists():
         raise FeatureTableError(f"cannot read feature table {path}: no such file")
+    if path.is_dir():
+        frames = [_read_frame(part, text_columns) for part in table_parts(path)]
+        recorded = {json.dumps(r) for _, r in frames}
+        if len(recorded) > 1:
+            raise FeatureTableError(f"cannot read feature table {path}: its parts record different feature columns")
+        return pd.concat([f for f, _ in frames], ignore_index=True), frames[0][1]
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):

@@ -88,3 +88,18 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "t.json").write_text("{}")
     with pytest.raises(FeatureTableError, match="unknown extension"):
         read_feature_table(tmp_path / "t.json")
+
+
+def test_a_folder_of_parts_reads_as_one_table_and_refuses_a_mixed_or_incomplete_set(tmp_path):
+    from cml.tables import part_path
+
+    ids, X = [f"t{i}" for i in range(5)], np.arange(15, dtype=np.float32).reshape(5, 3)
+    whole = tmp_path / "lib.parquet"
+    for rank, rows in enumerate([slice(0, 2), slice(2, 2), slice(2, 5)]):  # an empty share is a part too
+        write_feature_table(part_path(whole, rank, 3), ids[rows], X[rows], labels=["a", "b", "a", "b", "a"][rows])
+    table = read_feature_table(whole)
+    assert table.ids.tolist() == ids and np.array_equal(table.X, X) and table.labels.tolist() == list("ababa")
+    write_feature_table(part_path(whole, 0, 2), ids[:1], X[:1])  # a stale part of another run
+    with pytest.raises(FeatureTableError, match="not one complete set of parts"):
+        read_feature_table(whole)
+    assert part_path(whole, 0, 1) == whole
