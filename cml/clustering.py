@@ -52,6 +52,12 @@ ELKI_HIERARCHICAL = {"elki-slink": "single", "elki-single": "single", "elki-comp
 METHODS = (*ELKI_HIERARCHICAL, "elki-hdbscan", "elki-kmeans", "elki-dbscan", "kmeans", "dbscan", "hdbscan")
 NEEDS_K = {*ELKI_HIERARCHICAL, "elki-kmeans", "kmeans"}
 SILHOUETTE_SAMPLE = 5000
+# Seconds at 20,000 x 128-d (bench_clustering.py on the reference machine; README, "Clustering: ELKI vs scipy vs
+# scikit-learn") of the methods whose time grows with the square of the rows: ELKI's DBSCAN has no index, its
+# linkages compare every pair. elki-hdbscan was not measured: its core distances and MST are SLINK's O(n^2) pass.
+QUADRATIC_SECONDS_20K = {"elki-slink": 54.0, "elki-single": 97.0, "elki-complete": 132.0, "elki-average": 132.0,
+                         "elki-ward": 132.0, "elki-hdbscan": 54.0, "elki-dbscan": 168.0}
+METHOD_BUDGET_SECONDS = 900.0  # the grid skips a method whose estimate is longer
 
 
 def _integer(value: object) -> bool:
@@ -201,6 +207,18 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
                          linkage=linkage, seconds=time.perf_counter() - start)
 
 
+def too_slow(method: str, n: int, budget: float = METHOD_BUDGET_SECONDS) -> Optional[str]:
+    """Why `method` should not run on n rows (None if it may): its O(n^2) time, extrapolated from 20,000 rows,
+    passes the budget. Memory needs no estimate here: ELKI's linkages check their heap first (`elki.heap_mb`)."""
+    if method not in QUADRATIC_SECONDS_20K:
+        return None
+    seconds = QUADRATIC_SECONDS_20K[method] * (n / 20_000) ** 2
+    if seconds <= budget:
+        return None
+    return (f"skipped at {n:,} rows: O(n^2) time, about {seconds / 60:,.0f} min by extrapolation from "
+            f"{QUADRATIC_SECONDS_20K[method]:.0f} s at 20,000 (budget {budget / 60:.0f} min)")
+
+
 def purity(true: np.ndarray, pred: np.ndarray) -> float:
     """Share of points whose cluster's most common true label is their own."""
     table = pd.crosstab(pd.Series(pred, name="pred"), pd.Series(true, name="true"))
@@ -321,13 +339,13 @@ def select_spaces(names: Sequence[str], select: str | Sequence[str]) -> list[str
 
 def run_grid(tables: Mapping[str, FeatureTable], methods: Sequence[str] = METHODS, k: int | None = None,
              seed: int = 0, *, elki_on: Sequence[str] | None = None, normalise: bool = True,
-             progress: bool = False) -> pd.DataFrame:
+             progress: bool = False, budget: float = METHOD_BUDGET_SECONDS) -> pd.DataFrame:
     """Cluster every table with every method and score it with :func:`cluster_scores`: one row per pair.
 
     ``k=None`` takes the number of true labels of each table. ``elki_on`` limits the ELKI methods to
     those tables (each ELKI call starts a JVM, ~1 s); None runs them everywhere. A pair that fails (ELKI
     error, k larger than the data, no labels to take k from) gets its reason in the ``error`` column and
-    the grid goes on.
+    the grid goes on; so does one that would pass ``budget`` seconds at this size (`too_slow`).
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -339,6 +357,11 @@ def run_grid(tables: Mapping[str, FeatureTable], methods: Sequence[str] = METHOD
         table = tables[name]
         k_used = k if k is not None else (n_labels(table.labels) or None)
         row = {"embedding": name, "method": method, "k": k_used if method in NEEDS_K else None}
+        reason = too_slow(method, len(table.X), budget)
+        if reason:
+            log.warning("%s x %s %s", name, method, reason)
+            rows.append({**row, "error": reason})
+            continue
         try:
             result = cluster(table.X, method, k=k_used, seed=seed, normalise=normalise)
         except (ValueError, elki.ElkiError) as err:
@@ -483,6 +506,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         check_at_most(value, option, len(table), f"rows in {args.file}")
     opts = {name: getattr(args, name) for name in ("height", "eps", "min_pts", "min_cluster_size", "variant")
             if getattr(args, name) is not None}
+    if too_slow(args.method, len(table)):  # asked for by name: run it, but say what it will cost
+        log.warning("%s %s", args.method, too_slow(args.method, len(table)).replace("skipped at", "running on"))
     result = cluster(table.X, args.method, k=k, seed=args.seed, normalise=not args.no_normalise, **opts)
     scores = {"method": args.method, **result.params, "seconds": result.seconds,
               **cluster_scores(table.X, result, table.labels, seed=args.seed)}

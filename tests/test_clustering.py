@@ -290,3 +290,21 @@ def test_cluster_testing_rows_follow_the_split():
     assert ClusterTestingConfig(split="test").rows(tracks).index.tolist() == ["b", "d"]
     with pytest.raises(ValueError, match="split 'test' selects 1 of 3 tracks; clustering needs at least 2"):
         ClusterTestingConfig(split="test").rows(tracks.iloc[:3])
+
+
+def test_quadratic_methods_are_skipped_with_a_reason_where_they_would_take_too_long():
+    from cml.clustering import QUADRATIC_SECONDS_20K, too_slow
+
+    assert too_slow("elki-slink", 420) is None and too_slow("elki-slink", 20_000) is None
+    reason = too_slow("elki-slink", 100_000)
+    assert reason.startswith("skipped at 100,000 rows: O(n^2) time, about 22 min")  # 54 s x 25
+    assert too_slow("kmeans", 10_000_000) is None and too_slow("hdbscan", 1_000_000) is None
+    assert set(QUADRATIC_SECONDS_20K) <= set(METHODS)
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(0, 0.1, (20, 4)) + 1, rng.normal(0, 0.1, (20, 4)) - 1])
+    table = FeatureTable(ids=np.array([str(i) for i in range(40)]), X=X, feature_names=list("abcd"),
+                         labels=np.array(["a"] * 20 + ["b"] * 20, dtype=object), meta=pd.DataFrame(index=range(40)))
+    grid = run_grid({"space": table}, ["elki-slink", "elki-dbscan", "kmeans"], budget=1e-9)  # as if 100k rows
+    by = grid.set_index("method")
+    assert by.loc["elki-slink", "error"].startswith("skipped at 40 rows: O(n^2) time")
+    assert pd.isna(by.loc["kmeans", "error"]) and by.loc["kmeans", "nmi"] == 1.0  # what can run still runs
