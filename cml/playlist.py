@@ -86,8 +86,8 @@ class PlaylistsConfig:
     """The Playlists notebook (stage `playlists`)."""
 
     embedding: str  # outputs/embeddings/<embedding>/tracks.parquet: a study choice, set in params.yaml only
-    seed_tracks: str = "auto"  # auto: n_seeds tracks of one label drawn with `seed`; or ids separated by commas
-    n_seeds: int = 4
+    seed_tracks: str = "auto"  # auto: n_seed_tracks tracks of one label drawn with `seed`; or ids separated by commas
+    n_seed_tracks: int = 4
     length: int = 20
     mode: str = "hull"  # hull (convex hull in the PCA projection) or lp (convex combinations, full space)
     dim: int = 3  # PCA dimension of the hull: lower admits more tracks, higher is more faithful
@@ -711,13 +711,13 @@ def _cmd_playlist(args: argparse.Namespace) -> int:
         check_output(out)
     if args.metrics:
         check_output(args.metrics)
-    seed_ids = _ids(args.seeds)
+    seed_ids = _ids(args.seed_tracks)
     if not seed_ids:
-        raise UsageError("--seeds is empty: give one or more ids separated by commas")
+        raise UsageError("--seed-tracks is empty: give one or more ids separated by commas")
     table = read_cli_table(args, l2=args.scale == "l2")
     for option, value in (("--length", args.length), ("--clusters", args.clusters)):
         check_at_most(value, option, len(table), f"tracks in {args.file}")
-    seeds = resolve_ids(table.ids, seed_ids, "--seeds ids")
+    seeds = resolve_ids(table.ids, seed_ids, "--seed-tracks ids")
     start = resolve_ids(table.ids, [args.start], "--start id")[0] if args.start is not None else None
     end = resolve_ids(table.ids, [args.end], "--end id")[0] if args.end is not None else None
     X = prepare(table.X, args.scale)
@@ -736,10 +736,10 @@ def _cmd_playlist(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers) -> None:
-    """``cml playlist FILE --seeds ID,ID,... --length N --out FILE.{m3u8,csv} [--mode hull|lp|journey]``."""
+    """``cml playlist FILE --seed-tracks ID,ID,... --length N --out FILE.{m3u8,csv} [--mode hull|lp|journey]``."""
     p = subparsers.add_parser("playlist", description=__doc__.split("\n\n")[0])
     add_table_arguments(p)
-    p.add_argument("--seeds", required=True, help="seed track ids, separated by commas (journey: A,B)")
+    p.add_argument("--seed-tracks", required=True, help="ids of the seed tracks, separated by commas (journey: A,B)")
     p.add_argument("--length", type=count, required=True, help="tracks in the playlist")
     p.add_argument("--out", action="append", required=True,
                    help="playlist file, .m3u8 or .csv (repeat --out for both)")

@@ -55,7 +55,7 @@ def files(tmp_path, monkeypatch):
 
 COMMANDS = {
     "cluster": ["cluster", "emb.parquet", "--method", "kmeans", "--k", "3", "--out", "c.csv"],
-    "playlist": ["playlist", "emb.parquet", "--seeds", "t00,t03,t06,t09", "--length", "8", "--out", "p.csv"],
+    "playlist": ["playlist", "emb.parquet", "--seed-tracks", "t00,t03,t06,t09", "--length", "8", "--out", "p.csv"],
     "evaluate": ["evaluate", "emb.parquet", "--out", "m.json"],
 }
 OUTPUT = {"cluster": "c.csv", "playlist": "p.csv", "evaluate": "m.json"}
@@ -108,8 +108,8 @@ def test_a_value_outside_its_domain_is_refused_at_parse_time(files, capsys, comm
     ("cluster", ["--method", "kmeans", "--variant", "elkan"], ["--variant", "kmeans"]),
     ("cluster", ["--method", "dbscan", "--min-cluster-size", "4"], ["--k", "--min-cluster-size", "dbscan"]),
     ("cluster", ["--method", "elki-ward", "--height", "0.5"], ["--k or --height"]),
-    ("playlist", ["--seeds", "t00,t03", "--mode", "journey", "--start", "t03"], ["--start", "journey"]),
-    ("playlist", ["--seeds", "t00,t03", "--mode", "journey", "--margin", "0.2"], ["--margin", "journey"]),
+    ("playlist", ["--seed-tracks", "t00,t03", "--mode", "journey", "--start", "t03"], ["--start", "journey"]),
+    ("playlist", ["--seed-tracks", "t00,t03", "--mode", "journey", "--margin", "0.2"], ["--margin", "journey"]),
     ("playlist", ["--clusters", "3"], ["--clusters", "--metrics"]),
     ("evaluate", ["--split", "tracks.csv", "--test-fraction", "0.3"], ["--test-fraction", "tracks.csv"]),
 ])
@@ -146,8 +146,8 @@ def _with(base: list[str], argv: list[str]) -> list[str]:
     ("playlist", ["--label-column", "genre"], 2, ["--label-column 'genre'"]),
     ("playlist", ["--length", "41"], 2, ["--length 41", "40 tracks"]),
     ("playlist", ["--metrics", "m.json", "--clusters", "41"], 2, ["--clusters 41"]),
-    ("playlist", ["--seeds", "t00,nope,t77"], 2, ["'nope', 't77'"]),
-    ("playlist", ["--seeds", " , "], 2, ["--seeds is empty"]),
+    ("playlist", ["--seed-tracks", "t00,nope,t77"], 2, ["'nope', 't77'"]),
+    ("playlist", ["--seed-tracks", " , "], 2, ["--seed-tracks is empty"]),
     ("playlist", ["--start", "zz"], 2, ["--start", "'zz'"]),
     ("playlist", ["--end", ""], 2, ["--end", "''"]),
     ("playlist", ["--length", "3"], 2, ["shorter than the 4 seed"]),

@@ -320,7 +320,7 @@ def spotify_csv(tmp_path: Path) -> Path:
 
 def test_cli_end_to_end_on_a_small_csv(tmp_path, capsys):
     path = spotify_csv(tmp_path)
-    rc = run_cli(["playlist", str(path), "--seeds", "sp001,sp002,sp003,sp004", "--length", "8",
+    rc = run_cli(["playlist", str(path), "--seed-tracks", "sp001,sp002,sp003,sp004", "--length", "8",
                   "--out", str(tmp_path / "p.csv"), "--out", str(tmp_path / "p.m3u8"), "--scale", "standard",
                   "--margin", "0.3", "--metrics", str(tmp_path / "m.json"), "--seed", "1"])
     assert rc == 0
@@ -340,7 +340,7 @@ def test_cli_and_the_notebook_s_function_give_the_same_keys_and_values(tmp_path)
     """`cml playlist --metrics` writes `playlist_scores`, the dict the Playlists notebook writes (plus its
     journey): same keys, same values on the same table, seeds and options."""
     path = spotify_csv(tmp_path)
-    assert run_cli(["playlist", str(path), "--seeds", "sp001,sp002,sp003,sp004", "--length", "8", "--margin", "0.3",
+    assert run_cli(["playlist", str(path), "--seed-tracks", "sp001,sp002,sp003,sp004", "--length", "8", "--margin", "0.3",
                     "--out", str(tmp_path / "p.csv"), "--metrics", str(tmp_path / "m.json"), "--seed", "1"]) == 0
     table = read_feature_table(path)
     X = prepare(table.X, "l2")
@@ -352,7 +352,7 @@ def test_cli_and_the_notebook_s_function_give_the_same_keys_and_values(tmp_path)
 
 def test_cli_journey(tmp_path):
     path = spotify_csv(tmp_path)
-    assert run_cli(["playlist", str(path), "--seeds", "sp000,sp059", "--length", "6", "--mode", "journey",
+    assert run_cli(["playlist", str(path), "--seed-tracks", "sp000,sp059", "--length", "6", "--mode", "journey",
                     "--out", str(tmp_path / "j.csv")]) == 0
     ids = pd.read_csv(tmp_path / "j.csv")["id"].tolist()
     assert ids[0] == "sp000" and ids[-1] == "sp059" and len(ids) == 6
