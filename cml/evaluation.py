@@ -189,7 +189,8 @@ def length_extrapolation(X_train: np.ndarray, y_train: np.ndarray, crops: Mappin
 
 def length_diagnostics(X: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
     """Does track length organise the space? The share of variance on the top principal direction of the
-    L2-normalised rows, and the Spearman correlation of that direction with log duration.
+    L2-normalised rows, and the size of the Spearman correlation of that direction with log duration (|rho|:
+    a principal direction has no sign, so a signed rho would flip between runs at random).
 
     A space whose first direction holds most of the variance and follows duration clusters tracks by
     length, not by what they sound like; both numbers stay low when length does not matter.
@@ -199,7 +200,7 @@ def length_diagnostics(X: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
     u, s, _ = np.linalg.svd(U, full_matrices=False)
     share = float(s[0] ** 2 / np.sum(s ** 2)) if np.sum(s ** 2) > 0 else float("nan")
     rho = spearmanr(u[:, 0], np.log(np.asarray(seconds, dtype=np.float64))).statistic
-    return {"pc1_share": share, "pc1_duration_rho": float(rho)}
+    return {"pc1_share": share, "pc1_duration_rho": abs(float(rho))}
 
 
 def score_space(X: np.ndarray, tracks: pd.DataFrame, k: int = 5, seed: int = 0, standardised: bool = False) -> dict:

@@ -194,6 +194,18 @@ def test_length_diagnostics_flag_a_space_organised_by_duration():
     assert bad["pc1_share"] > 0.5 and abs(bad["pc1_duration_rho"]) > 0.9
 
 
+
+def test_the_length_correlation_does_not_depend_on_the_sign_svd_gives_a_direction(monkeypatch):
+    rng = np.random.default_rng(1)
+    seconds = rng.uniform(10, 600, 80)
+    X = rng.normal(size=(80, 16)) * 0.1 + np.outer(np.log(seconds) - np.log(seconds).mean(), np.ones(16))
+    svd = np.linalg.svd
+    as_given = evaluation.length_diagnostics(X, seconds)["pc1_duration_rho"]
+    monkeypatch.setattr(np.linalg, "svd", lambda *a, **k: (lambda u, s, vt: (-u, s, -vt))(*svd(*a, **k)))
+    flipped = evaluation.length_diagnostics(X, seconds)["pc1_duration_rho"]
+    assert as_given == pytest.approx(flipped) and as_given > 0.9
+
+
 def test_score_space_scores_every_track_and_keeps_a_piece_out_of_its_own_vote():
     X, y, split = blobs(classes=3)
     tracks = pd.DataFrame({"label": y, "split": split, "duration": 30.0 + np.arange(len(y))},
