@@ -343,8 +343,15 @@ class Shard(NamedTuple):
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
     def rows(self, tracks: pd.DataFrame) -> pd.DataFrame:
-        lo, hi = len(tracks) * self.rank // self.world, len(tracks) * (self.rank + 1) // self.world
-        return tracks.iloc[lo:hi].reset_index(drop=True)
+        """A contiguous block holding about 1/world of the audio (of the rows, without a duration column):
+        the ranks finish together, and their parts in rank order are the table in its order."""
+        if self.world == 1:
+            return tracks
+        weight = pd.to_numeric(tracks["duration"], errors="coerce").fillna(0).to_numpy() if "duration" in tracks \
+            else np.ones(len(tracks))
+        ends = np.cumsum(weight) - weight / 2  # each row goes to the rank its middle falls in
+        share = np.floor(ends * self.world / max(ends[-1] + weight[-1] / 2, 1e-9)).astype(int) if len(tracks) else ends
+        return tracks[np.minimum(share, self.world - 1) == self.rank].reset_index(drop=True)
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per process: cuda without an index is cuda:LOCAL_RANK."""

@@ -168,3 +168,17 @@ def test_torchrun_ranks_write_parts_that_read_as_the_single_process_table(tmp_pa
     (tmp_path / "parts.parquet" / "part-00001-of-00002.parquet").unlink()
     with pytest.raises(FeatureTableError, match="not one complete set of parts"):
         read_feature_table(tmp_path / "parts.parquet")
+
+
+def test_ranks_take_contiguous_blocks_of_about_equal_audio():
+    from cml.embed import Shard
+
+    rng = np.random.default_rng(0)
+    tracks = pd.DataFrame({"id": [f"t{i}" for i in range(200)], "duration": rng.lognormal(4, 1.2, 200)})
+    for world in (1, 2, 3, 8):
+        parts = [Shard(rank, world).rows(tracks) for rank in range(world)]
+        assert pd.concat(parts, ignore_index=True)["id"].tolist() == tracks["id"].tolist()  # in order, each once
+        audio = np.array([p["duration"].sum() for p in parts])
+        assert audio.max() - audio.min() <= 2 * tracks["duration"].max()  # balanced up to a track or two
+    counts = [len(Shard(rank, 3).rows(tracks.drop(columns="duration"))) for rank in range(3)]
+    assert counts in ([66, 67, 67], [67, 66, 67], [67, 67, 66])  # no duration: by rows
