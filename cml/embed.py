@@ -247,10 +247,10 @@ def estimate_normalizer(paths: Sequence[str], mel_config: MelConfig, max_tracks:
     passed over): an untrained encoder has no training crops to measure."""
     paths = list(paths)
     chosen = sorted(np.random.default_rng(seed).permutation(len(paths))[:max_tracks])
-    norm = Normalizer.measure(_readable_logmels([paths[i] for i in chosen], mel_config, mel_config.frames(max_seconds)))
-    if norm == Normalizer():
+    logmels = list(_readable_logmels([paths[i] for i in chosen], mel_config, mel_config.frames(max_seconds)))
+    if not logmels:
         log.warning("no readable track to measure log-mel statistics; inputs are not standardised")
-    return norm
+    return Normalizer.measure(logmels)
 
 
 def _readable_logmels(paths: Sequence[str], mel_config: MelConfig, max_frames: int) -> Iterator[torch.Tensor]:
@@ -349,9 +349,9 @@ class Shard(NamedTuple):
             return tracks
         weight = pd.to_numeric(tracks["duration"], errors="coerce").fillna(0).to_numpy() if "duration" in tracks \
             else np.ones(len(tracks))
-        ends = np.cumsum(weight) - weight / 2  # each row goes to the rank its middle falls in
-        share = np.floor(ends * self.world / max(ends[-1] + weight[-1] / 2, 1e-9)).astype(int) if len(tracks) else ends
-        return tracks[np.minimum(share, self.world - 1) == self.rank].reset_index(drop=True)
+        middles = np.cumsum(weight) - weight / 2  # each row goes to the rank its middle falls in
+        rank = (middles * self.world // weight.sum()).astype(int) if weight.sum() > 0 else np.zeros(len(tracks), int)
+        return tracks[np.minimum(rank, self.world - 1) == self.rank].reset_index(drop=True)
 
     def device(self, device: torch.device) -> torch.device:
         """One GPU per process: cuda without an index is cuda:LOCAL_RANK."""
