@@ -19,6 +19,16 @@ computed once per n (not timed).
 
     python benchmarks/bench_clustering.py                      # n = 1000, 5000, 20000 (slow: tens of minutes)
     python benchmarks/bench_clustering.py --sizes 1000 2000    # a quick check
+
+``--grid``: the ClusterTesting grid at scale. Every method of ``cml.clustering.METHODS`` as the grid calls it
+(`cluster`: rows L2-normalised, k = the number of blobs, DBSCAN's eps from the k-distance knee, all timed), first
+put to the grid's guard (`too_costly`): what it skips is listed with its reason and not run, the rest runs in a
+fresh process (scikit-learn workers capped at ``--max-gib`` of address space), next to the guard's estimate.
+``--force`` runs everything (how the guard's base points in ``cml.clustering.COSTS`` were measured),
+``--dry-run`` nothing (the estimates alone, e.g. at a million rows).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_clustering.py --grid --sizes 100000       # the README's table
+    python benchmarks/bench_clustering.py --grid --dry-run --sizes 100000 1000000      # the guard's decisions
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -37,13 +48,15 @@ import numpy as np
 from scipy.cluster import hierarchy, vq
 from sklearn import cluster as skc
 from sklearn.datasets import make_blobs
+from sklearn.metrics import adjusted_rand_score
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from cml import elki  # noqa: E402
-from cml.clustering import kdistance_eps  # noqa: E402
+from cml.clustering import (METHOD_BUDGET_SECONDS, METHODS, NEEDS_K, cluster, estimate, kdistance_eps,  # noqa: E402
+                            memory_limit_mb, too_costly)
 
 CASES = [  # (task, tool)
     ("single", "elki-slink"), ("single", "elki-anderberg"), ("single", "scipy"), ("single", "sklearn"),
@@ -126,8 +139,27 @@ def _own_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on most systems
 
 
+def grid_worker(spec: dict) -> dict:
+    """Run one method of the ClusterTesting grid (`cml.clustering.cluster`, as `run_grid` calls it: rows
+    L2-normalised, k = the number of blobs, DBSCAN's eps from the k-distance knee, timed) and measure it."""
+    X, y = make_blobs(n_samples=spec["n"], n_features=spec["dim"], centers=spec["centers"], cluster_std=1.0,
+                      random_state=spec["seed"])
+    monitor = ChildPeakRSS()
+    monitor.start()
+    start = time.perf_counter()
+    result = cluster(X, spec["method"], k=spec["centers"] if spec["method"] in NEEDS_K else None, seed=spec["seed"])
+    wall = time.perf_counter() - start
+    java = monitor.stop()
+    labels = result.labels
+    return {**spec, "wall_s": wall, "python_mib": _own_peak_mib(),
+            "java_mib": java if spec["method"].startswith("elki-") else None,
+            "ari": float(adjusted_rand_score(y, labels)), "n_clusters": int(len(set(labels[labels >= 0])))}
+
+
 def worker(spec: dict) -> dict:
     """Run one case in this (fresh) process and measure it."""
+    if "method" in spec:
+        return grid_worker(spec)
     X = _data(spec["n"], spec["dim"], spec["centers"], spec["seed"])
     eps = kdistance_eps(X, 5) if spec["task"] == "dbscan" else None
     monitor = ChildPeakRSS()
@@ -148,15 +180,34 @@ def estimate_gib(task: str, tool: str, n: int, dim: int) -> float:
     return (data + (n * (n - 1) / 2 * 8 * 1.25 if quadratic else 0)) / 2**30
 
 
-def measure(spec: dict, timeout: float) -> dict:
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**spec, "error": f"skipped: over the {timeout:.0f} s budget"}
+def _limit_memory(gib: float | None):
+    """A preexec_fn capping the worker's address space (scikit-learn methods; a JVM reserves far more address
+    space than it uses, and its heap is capped by -Xmx instead)."""
+    if not gib:
+        return None
+    return lambda: resource.setrlimit(resource.RLIMIT_AS, (int(gib * 2**30), int(gib * 2**30)))
+
+
+def measure(spec: dict, timeout: float, max_gib: float | None = None) -> dict:
+    """One case in a fresh worker process, in a session of its own: on timeout the whole session is stopped,
+    the worker's JVM included (killing the worker alone would leave the JVM running); SIGTERM first, so the
+    worker removes ELKI's temporary folder."""
+    with subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True,
+                          preexec_fn=_limit_memory(max_gib)) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+            return {**spec, "error": f"skipped: over the {timeout:.0f} s budget"}
     if proc.returncode != 0:
-        return {**spec, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        return {**spec, "error": stderr.strip().splitlines()[-1] if stderr.strip() else "failed"}
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _mib(value: float | None) -> str:
@@ -185,6 +236,57 @@ def slink_note(rows: list[dict]) -> str:
             f"matrix of doubles alone is {full:.0f} MiB (n^2/2: {full / 2:.0f} MiB).")
 
 
+def grid_table(rows: list[dict]) -> str:
+    """Estimated (the guard's model) against measured time and memory; a skipped method's reason."""
+    lines = ["| method | n | estimate: time / memory | measured: wall (s) | Python / Java peak (MiB) | ARI "
+             "| clusters |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        seconds, mib = estimate(r["method"], r["n"], r["dim"])
+        est = f"{_duration(seconds)} / {mib / 1024:,.1f} GiB"
+        if r.get("guard") and "wall_s" not in r:
+            lines.append(f"| {r['method']} | {r['n']:,} | {est} | {r['guard']} | | | |")
+        elif "error" in r:
+            lines.append(f"| {r['method']} | {r['n']:,} | {est} | {r['error']} | | | |")
+        elif "wall_s" not in r:
+            lines.append(f"| {r['method']} | {r['n']:,} | {est} | (not run) | | | |")
+        else:
+            lines.append(f"| {r['method']} | {r['n']:,} | {est} | {r['wall_s']:,.1f} | {_mib(r['python_mib'])} / "
+                         f"{_mib(r.get('java_mib'))} | {r['ari']:.3f} | {r['n_clusters']} |")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:,.0f} s" if seconds < 600 else f"{seconds / 60:,.0f} min" if seconds < 36_000 else \
+        f"{seconds / 3600:,.0f} h"
+
+
+def grid_main(args: argparse.Namespace) -> int:
+    """The ClusterTesting grid at scale: ask the guard (`too_costly`) about every method at every n, run
+    what it lets through (``--force``: everything, to measure the guard's base points; ``--dry-run``: nothing,
+    the estimates only) and say why the rest is skipped."""
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    base = {"dim": args.dim, "centers": args.centers, "seed": args.seed}
+    rows = []
+    for spec in tqdm([{**base, "method": m, "n": n} for n in sorted(args.sizes) for m in methods], desc="grid",
+                     disable=args.no_progress):
+        reason = too_costly(spec["method"], spec["n"], spec["dim"])
+        if args.dry_run or (reason and not args.force):
+            rows.append({**spec, "guard": reason})
+            continue
+        cap = None if spec["method"].startswith("elki-") else args.max_gib
+        row = measure(spec, args.timeout, cap)
+        rows.append({**row, "method": spec["method"], "n": spec["n"], "guard": reason})
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    print(f"\n{args.dim}-d Gaussian blobs, {args.centers} centres, rows L2-normalised (as the grid does); machine: "
+          f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; guard: "
+          f"{METHOD_BUDGET_SECONDS / 60:.0f} min, {memory_limit_mb() / 1024:.1f} GiB\n")
+    print(grid_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", type=int, default=[1000, 5000, 20000], help="numbers of points")
@@ -196,11 +298,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-budget-gib", type=float, default=0.5 * os.sysconf("SC_PAGE_SIZE")
                    * os.sysconf("SC_PHYS_PAGES") / 2**30, help="skip cases estimated above this (default: half the RAM)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--grid", action="store_true",
+                   help="run the ClusterTesting grid's methods through its guard instead of the tool comparison")
+    p.add_argument("--methods", help="--grid: comma-separated methods (default: all of cml.clustering.METHODS)")
+    p.add_argument("--force", action="store_true", help="--grid: run methods the guard would skip too")
+    p.add_argument("--dry-run", action="store_true", help="--grid: run nothing, print the guard's estimates")
+    p.add_argument("--max-gib", type=float, default=8.0,
+                   help="--grid: address-space cap of a scikit-learn worker (ELKI's heap is capped by -Xmx)")
+    p.add_argument("--json", help="--grid: write the rows here as they come")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: temporary folders are removed
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.grid:
+        return grid_main(args)
 
     tasks = args.tasks.split(",")
     base = {"dim": args.dim, "centers": args.centers, "seed": args.seed}

@@ -1,12 +1,15 @@
-"""Time to build a 30-track playlist from 50k tracks (128-d) with 5 seeds, in hull and LP modes.
+"""Time and memory to build a 30-track playlist from 100k tracks (128-d) with 5 seeds: hull, LP, journey.
 
 Data: seeded Gaussian blobs (20 clusters), L2-normalised like the embeddings. The 5 seeds are tracks of
-one cluster. The PCA fit is timed apart: a notebook or service fits it once per embedding table and
-passes it to every playlist (``build_playlist(..., projection=...)``). Each case is the median of
-``--repeats`` runs after one warm-up; the LP mode runs at a zero tolerance (the strict convex-combination
-test) and at ``--lp-margin``, which admits tracks near the seeds' hull and so has LPs to solve.
+one cluster. The PCA fit and the k-NN index (`cml.index`: exact below its size threshold, faiss above) are
+timed apart: a notebook or service builds them once per embedding table and passes them to every playlist
+(``build_playlist(..., projection=..., index=...)``). Each case is the median of ``--repeats`` runs after
+one warm-up; the LP mode runs at a zero tolerance (the strict convex-combination test) and at
+``--lp-margin``, which admits tracks near the seeds' hull and so has LPs to solve. The journey (two seeds)
+and the k-NN baseline of the metrics (the tracks nearest the seeds' centroid) run with exact search and
+with the index. Memory: the peak resident set of the whole run.
 
-    python benchmarks/bench_playlist.py                       # 50k tracks, as in the README
+    python benchmarks/bench_playlist.py                       # 100k tracks, as in the README
     python benchmarks/bench_playlist.py --n 5000 --repeats 1  # a quick check
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -24,7 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from cml.playlist import build_playlist, fit_projection, prepare  # noqa: E402
+from cml.index import Index  # noqa: E402
+from cml.playlist import build_playlist, fit_projection, knn_baseline, prepare  # noqa: E402
 
 
 def data(n: int, d: int, centers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +51,7 @@ def median_seconds(fn, repeats: int) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--d", type=int, default=128)
     parser.add_argument("--length", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=5)
@@ -75,6 +80,19 @@ def main() -> None:
               f"{len(playlist.order)} tracks)")
     seconds, _ = median_seconds(lambda: build_playlist(X, seeds, args.length, dim=args.dim), args.repeats)
     print(f"{'hull, margin 0, PCA fit included':<42} {seconds * 1000:8.1f} ms")
+    build, index = median_seconds(lambda: Index(X), args.repeats)
+    print(f"{'k-NN index (once per table): ' + ('exact' if index.exact else 'faiss IVF'):<42} {build * 1000:8.1f} ms")
+    exact = {}
+    for name, search in (("exact", None), ("index", index)):
+        seconds, trip = median_seconds(lambda: build_playlist(X, seeds[:2], args.length, mode="journey",
+                                                              projection=projection, index=search), args.repeats)
+        same = exact.setdefault("journey", trip.order).tolist() == trip.order.tolist()
+        print(f"{'journey, ' + name:<42} {seconds * 1000:8.1f} ms  ({len(trip.order)} tracks, same as exact: {same})")
+        seconds, chosen = median_seconds(lambda: knn_baseline(X, seeds, args.length, index=search), args.repeats)
+        same = exact.setdefault("knn", chosen).tolist() == chosen.tolist()
+        print(f"{'k-NN baseline (centroid), ' + name:<42} {seconds * 1000:8.1f} ms  (same as exact: {same})")
+    print(f"peak resident set {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB "
+          f"(the tracks: {X.nbytes / 2**20:,.0f} MiB)")
 
 
 if __name__ == "__main__":

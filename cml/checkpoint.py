@@ -84,6 +84,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def process_device(name: str, local_rank: int = 0) -> torch.device:
+    """`resolve_device` with one GPU per process: cuda without an index is cuda:local_rank (torchrun's LOCAL_RANK)."""
+    device = resolve_device(name)
+    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module inside DistributedDataParallel (or torch.compile), so keys carry no prefix."""
     model = getattr(model, "module", model)

@@ -25,7 +25,7 @@ COMMANDS = {
     "train": ("train", "train a contrastive encoder (one positional variant)"),
     "embed": ("embed", "one embedding per track (the mean of windows of 8x the training crop) as a feature table"),
     "evaluate": ("evaluation", "k-NN, linear-probe, NMI and ARI of a feature table (the Compare notebook's scores)"),
-    "neighbours": ("neighbours", "the nearest tracks of a track in a feature table, with their paths"),
+    "neighbours": ("index", "the nearest tracks of a track in a feature table, with their paths"),
     "cluster": ("clustering", "cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)"),
     "playlist": ("playlist", "a playlist from the convex hull of seed tracks in a feature table"),
     "spotify": ("spotify", "pull track data from Spotify, push playlists to it"),

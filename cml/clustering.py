@@ -18,6 +18,13 @@ silhouette and Davies-Bouldin scores on the non-noise points (``None`` when unde
 clusters or every point in its own cluster). Silhouette is computed on a seeded sample of at most 5000
 points, since it needs all pairwise distances.
 
+Scale (:func:`too_costly`): each method has a cost model measured by ``benchmarks/bench_clustering.py --grid``
+(:data:`COSTS`): its time at a base size, extrapolated by its order of growth (n^2 wherever every pair of rows is
+compared), and its memory (the table and its copies; for ELKI the JVM heap, with Anderberg's n^2/2 matrix). The
+grid skips, with the reason in its ``error`` column and without running it, a method whose estimate passes 15
+minutes or 80 % of the machine's RAM. scikit-learn DBSCAN's neighbourhood lists depend on eps, so they are sized
+from a sample of rows once eps is known, before DBSCAN starts.
+
 The ClusterTesting grid (:func:`run_grid`) scores every feature table x every method this way; the
 helpers after it rank the grid, pick the best pair, and find what the notebook shows of a clustering
 (its medoid tracks, its contingency table against the true labels).
@@ -52,12 +59,49 @@ ELKI_HIERARCHICAL = {"elki-slink": "single", "elki-single": "single", "elki-comp
 METHODS = (*ELKI_HIERARCHICAL, "elki-hdbscan", "elki-kmeans", "elki-dbscan", "kmeans", "dbscan", "hdbscan")
 NEEDS_K = {*ELKI_HIERARCHICAL, "elki-kmeans", "kmeans"}
 SILHOUETTE_SAMPLE = 5000
-# Seconds at 20,000 x 128-d (bench_clustering.py on the reference machine; README, "Clustering: ELKI vs scipy vs
-# scikit-learn") of the methods whose time grows with the square of the rows: ELKI's DBSCAN has no index, its
-# linkages compare every pair. elki-hdbscan was not measured: its core distances and MST are SLINK's O(n^2) pass.
-QUADRATIC_SECONDS_20K = {"elki-slink": 54.0, "elki-single": 97.0, "elki-complete": 132.0, "elki-average": 132.0,
-                         "elki-ward": 132.0, "elki-hdbscan": 54.0, "elki-dbscan": 168.0}
-METHOD_BUDGET_SECONDS = 900.0  # the grid skips a method whose estimate is longer
+METHOD_BUDGET_SECONDS = 900.0  # the grid skips a method whose time estimate is longer
+MEMORY_SHARE = elki.MEMORY_SHARE  # ... or whose memory estimate passes this share of the machine's RAM
+
+
+@dataclass(frozen=True)
+class Cost:
+    """How one method's cost grows with the rows: the guard's model (`estimate`, `too_costly`).
+
+    Measured by ``benchmarks/bench_clustering.py --grid`` (README, "Clustering at scale"): `cluster` on
+    L2-normalised 128-d Gaussian blobs, 10 centres, one thread, ELKI's JVM start-up and text exchange
+    included; each base point is the largest size measured. ``exponent`` is the order of growth: 2 where
+    every pair of rows is compared (the linkages; both HDBSCANs' minimum spanning tree, Prim's, whatever
+    index finds the core distances; scikit-learn's k-distance eps and DBSCAN neighbourhoods, brute force
+    above 15 dims), 1 for k-means; the measured slopes between 10,000 and 100,000 rows agree (README). ELKI's
+    DBSCAN, whose cover tree prunes less as the rows grow, has its fitted slope.
+    """
+
+    seconds: float  # wall time at `rows` x 128-d
+    rows: int
+    exponent: float  # time ~ rows ** exponent
+    copies: float  # working memory in units of the n x d float64 table, beyond the three every method holds
+    matrix: bool = False  # keeps an n^2/2 distance matrix (ELKI's Anderberg linkages)
+
+
+# Measured on this project's 2-core, 24 GiB machine while it was shared (load ~3): upper bounds, if anything.
+COSTS = {
+    "elki-slink": Cost(82.5, 20_000, 2, 0),
+    "elki-single": Cost(29.5, 10_000, 2, 0, matrix=True),
+    "elki-complete": Cost(24.8, 10_000, 2, 0, matrix=True),
+    "elki-average": Cost(19.0, 10_000, 2, 0, matrix=True),
+    "elki-ward": Cost(26.5, 10_000, 2, 0, matrix=True),
+    "elki-hdbscan": Cost(314.5, 20_000, 2, 0),
+    # ELKI's DBSCAN with its cover tree: 10 s at 10k, 19 s at 20k, 62 s at 40k, and not done after 560 s at 100k
+    # (its JVM alone ran 470 s): the slope from 40k to that lower bound, 2.7, is the exponent.
+    "elki-dbscan": Cost(62.0, 40_000, 2.7, 0),
+    "elki-kmeans": Cost(41.7, 100_000, 1, 0),
+    "kmeans": Cost(2.8, 100_000, 1, 1),
+    "dbscan": Cost(176.4, 100_000, 2, 4),  # + its neighbourhood lists, sized from the data (`dbscan_lists_mb`)
+    "hdbscan": Cost(69.6, 20_000, 2, 1),
+}
+PYTHON_MB = 256  # the interpreter and its imports (the benchmark's Python workers: 217-245 MiB before the data)
+DBSCAN_SAMPLE = 1000  # rows whose eps-neighbourhoods are counted to size scikit-learn DBSCAN's lists
+NEIGHBOUR_BYTES = 16  # per neighbour in those lists: an int64 index, and while they are gathered its distance
 
 
 def _integer(value: object) -> bool:
@@ -196,6 +240,8 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
         min_pts = opts.get("min_pts", 5)
         eps = opts["eps"] if opts.get("eps") is not None else kdistance_eps(X, min_pts)
         params.update(eps=eps, min_pts=min_pts)
+        if method == "dbscan":
+            _check_dbscan_memory(X, eps, seed)
         labels = (elki.dbscan(X, eps=eps, min_pts=min_pts).labels if method == "elki-dbscan" else
                   skcluster.DBSCAN(eps=eps, min_samples=min_pts).fit_predict(X))
     else:  # hdbscan, elki-hdbscan
@@ -207,16 +253,66 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
                          linkage=linkage, seconds=time.perf_counter() - start)
 
 
-def too_slow(method: str, n: int, budget: float = METHOD_BUDGET_SECONDS) -> Optional[str]:
-    """Why `method` should not run on n rows (None if it may): its O(n^2) time, extrapolated from 20,000 rows,
-    passes the budget. Memory needs no estimate here: ELKI's linkages check their heap first (`elki.heap_mb`)."""
-    if method not in QUADRATIC_SECONDS_20K:
-        return None
-    seconds = QUADRATIC_SECONDS_20K[method] * (n / 20_000) ** 2
-    if seconds <= budget:
-        return None
-    return (f"skipped at {n:,} rows: O(n^2) time, about {seconds / 60:,.0f} min by extrapolation from "
-            f"{QUADRATIC_SECONDS_20K[method]:.0f} s at 20,000 (budget {budget / 60:.0f} min)")
+def _table_mb(n: int, d: int) -> float:
+    return n * d * 8 / 2**20
+
+
+def estimate(method: str, n: int, d: int = 128) -> tuple[float, float]:
+    """(seconds, MiB of memory) that `cluster` should take with ``method`` on n rows of d dims, by the measured
+    `COSTS`. Time scales with d above 128 (distances cost d operations) but is not reduced below it. Memory:
+    the input table and its float64 and L2-normalised copies in Python, the method's own working set, and
+    for ELKI the JVM heap it is given (`elki.heap_need_mb`, with the n^2/2 matrix for Anderberg). At 100,000 rows
+    the measured peaks stay below these estimates (README)."""
+    cost = COSTS[method]
+    seconds = cost.seconds * (n / cost.rows) ** cost.exponent * max(1.0, d / 128)
+    mib = PYTHON_MB + (3 + cost.copies) * _table_mb(n, d)
+    if method.startswith("elki-"):
+        mib += elki.heap_need_mb(n, d, quadratic=cost.matrix)
+    return seconds, mib
+
+
+def memory_limit_mb() -> float:
+    """What a method may use: `MEMORY_SHARE` of this machine's physical memory (the rule `elki.heap_mb` uses)."""
+    return MEMORY_SHARE * elki.physical_mb()
+
+
+def too_costly(method: str, n: int, d: int = 128, budget: float = METHOD_BUDGET_SECONDS,
+               memory_mb: float | None = None) -> Optional[str]:
+    """Why `method` should not run on n rows of d dims (None if it may): its memory estimate (`estimate`)
+    passes ``memory_mb`` (default `memory_limit_mb`), or its time estimate passes ``budget`` seconds.
+    Asks the model only: nothing runs. scikit-learn DBSCAN's neighbourhood lists depend on the data and are
+    checked once eps is known (`dbscan_lists_mb`, in `cluster`)."""
+    seconds, need = estimate(method, n, d)
+    limit = memory_limit_mb() if memory_mb is None else memory_mb
+    if need > limit:
+        what = "an n^2/2 distance matrix" if COSTS[method].matrix else "the data and its copies"
+        return (f"skipped at {n:,} rows: about {need / 1024:,.1f} GiB of memory ({what}), over the "
+                f"{limit / 1024:,.1f} GiB this machine allows ({MEMORY_SHARE:.0%} of its RAM)")
+    if seconds > budget:
+        cost = COSTS[method]
+        about = f"{seconds / 60:,.0f} min" if seconds < 36_000 else f"{seconds / 3600:,.0f} h"
+        return (f"skipped at {n:,} rows: O(n^{cost.exponent:g}) time, about {about} by "
+                f"extrapolation from {cost.seconds:.0f} s at {cost.rows:,} (budget {budget / 60:.0f} min)")
+    return None
+
+
+def dbscan_lists_mb(X: np.ndarray, eps: float, seed: int = 0) -> float:
+    """MiB of scikit-learn DBSCAN's neighbourhood lists on X (it keeps every point's eps-neighbours at once:
+    O(n^2) memory when eps is wide): the mean neighbourhood of `DBSCAN_SAMPLE` seeded rows, times n."""
+    n = len(X)
+    rows = np.random.default_rng(seed).choice(n, size=min(n, DBSCAN_SAMPLE), replace=False)
+    counts = NearestNeighbors(radius=eps).fit(X).radius_neighbors(X[rows], return_distance=False)
+    mean = float(np.mean([len(c) for c in counts]))
+    return n * (mean * NEIGHBOUR_BYTES + 100) / 2**20  # + an array object per row
+
+
+def _check_dbscan_memory(X: np.ndarray, eps: float, seed: int) -> None:
+    """A ValueError, before scikit-learn's DBSCAN starts, when its neighbourhood lists would not fit."""
+    need = estimate("dbscan", *X.shape)[1] + dbscan_lists_mb(X, eps, seed)
+    if need > memory_limit_mb():
+        raise ValueError(f"skipped at {len(X):,} rows: scikit-learn DBSCAN's neighbourhood lists at eps={eps:.3g} "
+                         f"need about {need / 1024:,.1f} GiB of memory, over the {memory_limit_mb() / 1024:,.1f} GiB "
+                         f"this machine allows ({MEMORY_SHARE:.0%} of its RAM)")
 
 
 def purity(true: np.ndarray, pred: np.ndarray) -> float:
@@ -345,7 +441,8 @@ def run_grid(tables: Mapping[str, FeatureTable], methods: Sequence[str] = METHOD
     ``k=None`` takes the number of true labels of each table. ``elki_on`` limits the ELKI methods to
     those tables (each ELKI call starts a JVM, ~1 s); None runs them everywhere. A pair that fails (ELKI
     error, k larger than the data, no labels to take k from) gets its reason in the ``error`` column and
-    the grid goes on; so does one that would pass ``budget`` seconds at this size (`too_slow`).
+    the grid goes on; so does one whose estimate at this size passes ``budget`` seconds or the machine's
+    memory (`too_costly`): it is skipped without running.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -357,7 +454,7 @@ def run_grid(tables: Mapping[str, FeatureTable], methods: Sequence[str] = METHOD
         table = tables[name]
         k_used = k if k is not None else (n_labels(table.labels) or None)
         row = {"embedding": name, "method": method, "k": k_used if method in NEEDS_K else None}
-        reason = too_slow(method, len(table.X), budget)
+        reason = too_costly(method, *table.X.shape, budget=budget)
         if reason:
             log.warning("%s x %s %s", name, method, reason)
             rows.append({**row, "error": reason})
@@ -506,7 +603,10 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         check_at_most(value, option, len(table), f"rows in {args.file}")
     opts = {name: getattr(args, name) for name in ("height", "eps", "min_pts", "min_cluster_size", "variant")
             if getattr(args, name) is not None}
-    slow = too_slow(args.method, len(table))
+    too_big = too_costly(args.method, *table.X.shape, budget=float("inf"))
+    if too_big:  # it would exhaust memory, asked for or not
+        raise UsageError(f"--method {args.method} {too_big}")
+    slow = too_costly(args.method, *table.X.shape)
     if slow:  # asked for by name: run it, but say what it will cost
         log.warning("%s runs anyway, as asked; the grid would have %s", args.method, slow)
     result = cluster(table.X, args.method, k=k, seed=args.seed, normalise=not args.no_normalise, **opts)

@@ -75,6 +75,7 @@ CLASSES = {  # ELKI 0.7.x
     "hamerly": _P7 + "algorithm.clustering.kmeans.KMeansHamerly",
     "kmeans++": _P7 + "algorithm.clustering.kmeans.initialization.KMeansPlusPlusInitialMeans",
     "dbscan": _P7 + "algorithm.clustering.DBSCAN",
+    "covertree": _P7 + "index.tree.metrical.covertree.SimplifiedCoverTree$Factory",
 }
 
 
@@ -156,19 +157,30 @@ def _check_count(name: str, value, low: int, high: int, why: str = "the number o
         raise ValueError(f"{name}={value!r} must be an integer from {low} to {high} ({why})")
 
 
+MEMORY_SHARE = 0.8  # of physical memory, the most a run may be sized for (ELKI's heap here, any method in the grid)
 QUICK_JVM_VALUES = 500_000  # n x d up to which the JVM runs in its quick start-up mode (see _run)
 
 
-def heap_mb(n: int, d: int, quadratic: bool = False) -> int:
-    """JVM heap (-Xmx) for n points of d dims: vectors and text parsing, plus the n^2/2 matrix if quadratic.
+def physical_mb() -> float:
+    """This machine's physical memory in MiB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
 
-    Raises when the estimate exceeds 80 % of physical memory, before the JVM runs out of it.
-    """
+
+def heap_need_mb(n: int, d: int, quadratic: bool = False) -> float:
+    """Estimated JVM heap for n points of d dims: vectors and text parsing, plus the n^2/2 matrix if quadratic."""
     need = 256 + 6 * n * d * 8 / 2**20 + 64 * n / 2**20  # vectors, boxed parse buffers, per-object stores
     if quadratic:
         need += 1.25 * n * (n - 1) / 2 * 8 / 2**20  # Anderberg's triangular distance matrix
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    if need > 0.8 * total:
+    return need
+
+
+def heap_mb(n: int, d: int, quadratic: bool = False) -> int:
+    """JVM heap (-Xmx) for n points of d dims (`heap_need_mb`).
+
+    Raises when the estimate exceeds `MEMORY_SHARE` of physical memory, before the JVM runs out of it.
+    """
+    need, total = heap_need_mb(n, d, quadratic), physical_mb()
+    if need > MEMORY_SHARE * total:
         raise ElkiError(f"ELKI would need about {need / 1024:.1f} GiB of heap for n={n}, d={d} "
                         f"but this machine has {total / 1024:.1f} GiB; use SLINK (linear memory) or sample")
     return int(need)
@@ -425,12 +437,19 @@ def kmeans(X: np.ndarray, k: int, *, variant: str = "lloyd", seed: int = 0, max_
 
 
 def dbscan(X: np.ndarray, *, eps: float, min_pts: int = 5, timeout: float | None = None) -> ElkiResult:
-    """ELKI DBSCAN on Euclidean distance; ``min_pts`` counts the point itself (as scikit-learn's min_samples)."""
+    """ELKI DBSCAN on Euclidean distance; ``min_pts`` counts the point itself (as scikit-learn's min_samples).
+
+    Its range queries go through a cover tree (``-db.index``, SimplifiedCoverTree): without an index every
+    query scans all rows. On clustered 128-d rows it took 10 s instead of 60 s at 10,000 rows (a k-d tree:
+    48 s) and 19 s instead of 168 s at 20,000, but it prunes less as the rows grow: 62 s at 40,000, more
+    than 9 minutes at 100,000 (README, "Clustering at scale").
+    """
     X = check_finite(X)
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps={eps!r} must be a finite number > 0")
     _check_count("min_pts", min_pts, 1, len(X))
     elki = find_elki()
     args = ["-algorithm", elki.cls("dbscan"), "-algorithm.distancefunction", elki.cls("euclidean"),
-            "-dbscan.epsilon", repr(float(eps)), "-dbscan.minpts", str(min_pts)]
+            "-dbscan.epsilon", repr(float(eps)), "-dbscan.minpts", str(min_pts),
+            "-db.index", elki.cls("covertree"), "-covertree.distancefunction", elki.cls("euclidean")]
     return run_elki(X, args, timeout=timeout)

@@ -9,8 +9,10 @@ gives absolute positions (sincos) a length-dependent offset that the mean poolin
 by length (README, "Real recordings"); windows keep the embedding of the same music the same at any
 length, and cost time linear in length instead of quadratic. `mode="full"` is the one pass, any length.
 The log-mel (`track_logmel`, computed block by block) is standardised with the checkpoint's `Normalizer`.
-`crop_embeddings` embeds centred crops of 1x to 64x the training crop length in one pass each, and the
-whole track in one pass, for the length-extrapolation table.
+It is computed in DataLoader worker processes (`iter_logmels`) while the encoder runs, and once per file:
+with `crops`, the same log-mel also gives the embeddings of centred crops of 1x to 64x the training crop
+and of the whole track in one pass each, for the length-extrapolation table. Under `torchrun`, each
+process embeds a block of the tracks and writes part files (`Shard`).
 
 Output is the project's one feature-table format (`cml.tables`: Parquet with `id`, optional `label`,
 `path`, then the feature columns f0..f{d-1}; see that module's docstring). A `split` column is carried
@@ -31,11 +33,12 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import sys
 import typing
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,11 +46,11 @@ import torch
 from tqdm.auto import tqdm
 
 from cml.audio import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
-from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, untrained_encoder
-from cml.model import Encoder, EncoderConfig
+from cml.checkpoint import Normalizer, load_encoder, process_device, read_checkpoint, untrained_encoder
+from cml.model import Encoder, EncoderConfig, chunk_windows
 from cml.embed_cache import EmbeddingCache, default_folder, model_key
-from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line, positive
-from cml.scan import scan_audio
+from cml.errors import CmlError, UsageError, check_input_file, check_output, non_negative_int, one_line, positive
+from cml.scan import length_slack, scan_audio
 from cml.tables import part_path, read_tracks, write_feature_table
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ CROP_MULTIPLES = (1, 2, 4, 8, 16, 32, 64)  # up to 4.3 min at the 4 s default cr
 TRAINING_CROP = 0.0  # --crops without a value (no valid crop is 0): the crop length the checkpoint was trained on
 NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
 NORM_SECONDS = 30.0  # seconds read from each of them
+SILENCE_NATS = 0.01  # a log-mel within this of ln(log_offset) everywhere is digital silence
+DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)))  # decoding processes: one per core (README, "A whole library")
 SKIP_COLUMNS = ["id", "path", "reason"]
 # What can go wrong with one track: decoding (`DECODE_ERRORS`) or a too-short input (ValueError from the encoder).
 TRACK_ERRORS = (*DECODE_ERRORS, ValueError)
@@ -71,6 +76,7 @@ class Embedded(NamedTuple):
     tracks: pd.DataFrame  # id, [label], path, [split], seconds (of audio embedded); index 0..n-1
     X: np.ndarray  # (n, embed_dim) float32
     skipped: pd.DataFrame  # id, path, reason
+    crops: Optional["CropEmbedded"] = None  # with `embed_tracks(crops=...)`
 
     def write(self, path: str | Path) -> Path:
         """Write as a feature table (`cml.tables`); `seconds` is dropped for CSV, where it would be a feature."""
@@ -86,7 +92,6 @@ class CropEmbedded(NamedTuple):
 
     tracks: pd.DataFrame  # id, [label], path, [split], seconds (the full track)
     X: dict[str, np.ndarray]
-    skipped: pd.DataFrame  # id, path, reason
 
 
 def _check_inputs(encoder: Encoder, mel_config: MelConfig, tracks: pd.DataFrame) -> None:
@@ -106,12 +111,6 @@ def _track_rows(tracks: pd.DataFrame, kept: list[int], seconds: list[float]) -> 
     rows["path"] = rows["path"].astype(str)
     rows["seconds"] = np.asarray(seconds, dtype=np.float64)
     return rows
-
-
-def _logmel(path: str, mel_config: MelConfig, max_frames: Optional[int]) -> torch.Tensor:
-    """(n_mels, T) log-mel of a whole track, or of its first max_frames frames."""
-    x = track_logmel(path, mel_config)
-    return x if max_frames is None else x[:, :max_frames]
 
 
 def _skip(skipped: list[dict], row, reason: str) -> None:
@@ -137,6 +136,50 @@ def _finish(kind: str, n: int, skipped: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(skipped, columns=SKIP_COLUMNS)
 
 
+class LogMels(torch.utils.data.Dataset):
+    """Item i: (i, log-mel of paths[i]) or (i, the one-line reason it could not be decoded).
+
+    Decoding and resampling are most of the time on compressed audio (README, "A whole library"), so a
+    `DataLoader` runs this in worker processes while the encoder works on the tracks already decoded.
+    """
+
+    def __init__(self, paths: Sequence[str], mel_config: MelConfig) -> None:
+        self.paths, self.mel_config = list(paths), mel_config
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | str]:
+        try:
+            return i, track_logmel(self.paths[i], self.mel_config)
+        except DECODE_ERRORS as err:
+            return i, f"{type(err).__name__}: {err}"
+
+
+def iter_logmels(paths: Sequence[str], mel_config: MelConfig, workers: int = 0) -> Iterator[tuple[int, torch.Tensor | str]]:
+    """`LogMels` items in order, decoded by `workers` processes ahead of the caller (0: in this process)."""
+    data = LogMels(paths, mel_config)
+    if workers == 0 or len(data) < 2:
+        return map(data.__getitem__, range(len(data)))
+    return iter(torch.utils.data.DataLoader(data, batch_size=None, num_workers=min(workers, len(data))))
+
+
+class Crops(NamedTuple):
+    """Also embed centred crops of m x `seconds` (m in `multiples`) and the whole track in one pass, for
+    the rows where `rows` is True (all when None): the length-extrapolation tables."""
+
+    seconds: float
+    multiples: Sequence[int] = CROP_MULTIPLES
+    rows: Optional[np.ndarray] = None  # bool per track row
+
+    def mask(self, n: int) -> np.ndarray:
+        return np.ones(n, bool) if self.rows is None else np.asarray(self.rows, bool)
+
+    def lengths(self, mel_config: MelConfig) -> dict[str, Optional[int]]:
+        """Crop name -> frames ("full": None, the whole track)."""
+        return {**{f"{m}x": mel_config.frames(m * self.seconds) for m in self.multiples}, "full": None}
+
+
 @torch.inference_mode()
 def embed_tracks(
     encoder: Encoder,
@@ -148,6 +191,8 @@ def embed_tracks(
     max_seconds: Optional[float] = None,
     progress: bool = True,
     cache: Optional[EmbeddingCache] = None,
+    crops: Optional[Crops] = None,
+    workers: int = 0,
 ) -> Embedded:
     """One embedding per row of `tracks` (columns id, path, optional label and split).
 
@@ -158,40 +203,139 @@ def embed_tracks(
     eval mode (no dropout) whatever mode it was handed in, and is left as it was.
     cache: vectors of unchanged files are read from it instead of decoding the audio (its key must be that
     of this encoder and these settings: `cml.embed_cache.model_key`); new ones are added.
+    crops: also the crop embeddings (`Embedded.crops`) from the same log-mel: each file is decoded once,
+    in `workers` processes (`iter_logmels`) while this one runs the encoder. On a GPU the windows of several
+    tracks share encoder passes (`_TrackBatch`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     _check_inputs(encoder, mel_config, tracks)
     max_frames = mel_config.frames(max_seconds) if max_seconds else None
     window = mel_config.frames(window_seconds or WINDOW_CROPS * DEFAULT_CROP_SECONDS) if mode == "chunked" else None
-    kept, seconds, vectors, skipped = [], [], [], []
-    rows = tracks.itertuples(index=False)
-    for i, row in enumerate(tqdm(rows, total=len(tracks), desc=f"embed ({mode})", unit="track", disable=not progress)):
-        cached = cache.get(row.path) if cache is not None else None
-        try:
-            e, length = cached or _embed_file(encoder, mel_config, normalizer, row.path, max_frames, window)
-        except TRACK_ERRORS as err:
-            _skip(skipped, row, f"{type(err).__name__}: {err}")
-            continue
-        if not np.isfinite(e).all():
-            _skip(skipped, row, "non-finite embedding")
-            continue
-        if cache is not None and cached is None:
-            cache.put(row.path, e, length)
-        kept.append(i)
-        seconds.append(length)
-        vectors.append(e)
-    X = np.stack(vectors) if vectors else np.zeros((0, encoder.cfg.embed_dim), np.float32)
-    return Embedded(_track_rows(tracks, kept, seconds), X, _finish("embed", len(kept), skipped))
-
-
-def _embed_file(encoder: Encoder, mel_config: MelConfig, normalizer: Normalizer, path: str,
-                max_frames: Optional[int], window: Optional[int]) -> tuple[np.ndarray, float]:
-    """(embedding, seconds of audio embedded) of one file: one pass, or the mean of windows."""
+    lengths = crops.lengths(mel_config) if crops else {}
+    to_crop = np.zeros(len(tracks), bool) if crops is None else crops.mask(len(tracks))
+    paths = tracks["path"].astype(str).tolist()
+    found = {i: hit for i, p in enumerate(paths) if cache is not None and (hit := cache.get(p)) is not None}
+    todo = [i for i in range(len(paths)) if i not in found or to_crop[i]]
+    cropped: dict[int, tuple[dict[str, np.ndarray], float]] = {}  # row -> (crop name -> vector, seconds)
+    skipped: list[dict] = []
+    batch = _TrackBatch()
+    logmels = tqdm(iter_logmels([paths[i] for i in todo], mel_config, workers), total=len(todo),
+                   desc=f"embed ({mode})", unit="track", disable=not progress)
     with _eval_mode(encoder) as device:
-        x = normalizer(_logmel(path, mel_config, max_frames))[None].to(device)  # (1, M, T)
-        e = encoder.embed(x) if window is None else encoder.embed_chunked(x, window, max(1, window // 2))
-    return e[0].float().cpu().numpy(), mel_config.seconds(x.shape[-1])
+        for j, x in logmels:
+            i = todo[j]
+            if isinstance(x, str):  # the reason it could not be decoded
+                _skip(skipped, tracks.iloc[i], x)
+                found.pop(i, None)
+                continue
+            unusable = _unusable(tracks.iloc[i], x, mel_config)
+            if unusable:
+                _skip(skipped, tracks.iloc[i], unusable)
+                found.pop(i, None)
+                continue
+            try:
+                x = normalizer(x)[None].to(device)  # (1, M, T)
+                if to_crop[i]:
+                    cropped[i] = _embed_crops(encoder, x, lengths), mel_config.seconds(x.shape[-1])
+            except TRACK_ERRORS as err:
+                _skip(skipped, tracks.iloc[i], f"{type(err).__name__}: {err}")
+                found.pop(i, None)
+                continue
+            if i in cropped and not _finite(skipped, tracks.iloc[i], cropped[i][0].values(), "crops: "):
+                del cropped[i]
+            if i not in found:
+                batch.add(i, x[..., :max_frames])
+            if batch.full(device):
+                found.update(batch.embed(encoder, window, mel_config, tracks, skipped, cache, paths))
+        found.update(batch.embed(encoder, window, mel_config, tracks, skipped, cache, paths))
+    kept = sorted(found)
+    crop_rows = [i for i in kept if i in cropped]
+    skipped_frame = _finish("embed", len(kept), skipped)
+    res = Embedded(_track_rows(tracks, kept, [found[i][1] for i in kept]), _stack([found[i][0] for i in kept], encoder),
+                   skipped_frame)
+    if crops is None:
+        return res
+    crop_X = {name: _stack([cropped[i][0][name] for i in crop_rows], encoder) for name in lengths}
+    return res._replace(crops=CropEmbedded(_track_rows(tracks, crop_rows, [cropped[i][1] for i in crop_rows]), crop_X))
+
+
+def _unusable(row, x: torch.Tensor, mel_config: MelConfig) -> Optional[str]:
+    """Why a decoded log-mel should not be embedded (None if it may): digital silence, or less audio than the
+    header promised (a scan of headers only, `cml embed AUDIO_DIR`, leaves truncation to be found here)."""
+    if x.shape[-1] and float(x.max()) <= math.log(mel_config.log_offset) + SILENCE_NATS:
+        return "silent: no signal above the log-mel floor"
+    header, fmt, rate = (row.get(key) for key in ("duration", "format", "sample_rate"))
+    if isinstance(fmt, str) and pd.notna(header) and pd.notna(rate):
+        decoded = mel_config.seconds(x.shape[-1] - 1)  # frames = 1 + samples // hop
+        slack = length_slack(fmt, int(rate)) / float(rate) + 2 * mel_config.seconds(1)
+        if decoded < float(header) - slack:
+            return f"truncated: decoded {decoded:.2f} s of the {float(header):.2f} s in its header"
+    return None
+
+
+class _TrackBatch:
+    """Standardised log-mels waiting for the encoder. On a GPU, the windows of several tracks go through it
+    together (a GPU is busy only with large batches); windows of one length need no padding, and every window
+    of a chunked embedding has the same length. On a CPU a batch is one track: the same computation as
+    `Encoder.embed_chunked`, so a vector does not depend on its neighbours (bit for bit across shards)."""
+
+    WINDOWS = 64  # windows per encoder call, as in `Encoder.embed_chunked`
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.logmels: list[torch.Tensor] = []  # (1, M, T)
+
+    def add(self, row: int, x: torch.Tensor) -> None:
+        self.rows.append(row)
+        self.logmels.append(x)
+
+    def full(self, device: torch.device) -> bool:
+        return bool(self.rows) and (device.type != "cuda" or len(self.rows) >= self.WINDOWS)
+
+    def embed(self, encoder: Encoder, window: Optional[int], mel_config: MelConfig, tracks: pd.DataFrame,
+              skipped: list[dict], cache: Optional[EmbeddingCache], paths: list[str]) -> dict[int, tuple[np.ndarray, float]]:
+        """Row -> (embedding, seconds embedded) of every finite result (cached), the others skipped; empties the batch."""
+        rows, logmels, self.rows, self.logmels = self.rows, self.logmels, [], []
+        windows = [chunk_windows(x, window or x.shape[-1], max(1, (window or 1) // 2))[0] for x in logmels]  # (W, M, L)
+        vectors: dict[int, torch.Tensor] = {}
+        for length in sorted({w.shape[-1] for w in windows}):  # one encoder pass per window length
+            members = [k for k, w in enumerate(windows) if w.shape[-1] == length]
+            try:
+                e = torch.cat([encoder.embed(part) for part in torch.cat([windows[k] for k in members]).split(self.WINDOWS)])
+            except TRACK_ERRORS as err:  # too short for one token; out of memory
+                for k in members:
+                    _skip(skipped, tracks.iloc[rows[k]], f"{type(err).__name__}: {err}")
+                continue
+            vectors.update(zip(members, e.split([len(windows[k]) for k in members])))
+        out = {}
+        for k, row in enumerate(rows):
+            if k not in vectors:
+                continue
+            result = vectors[k].mean(dim=0).float().cpu().numpy(), mel_config.seconds(logmels[k].shape[-1])
+            if _finite(skipped, tracks.iloc[row], [result[0]]):
+                out[row] = result
+                if cache is not None:
+                    cache.put(paths[row], *result)
+        return out
+
+
+def _embed_crops(encoder: Encoder, x: torch.Tensor, lengths: dict[str, Optional[int]]) -> dict[str, np.ndarray]:
+    """Crop name -> embedding of the centred crop of that many frames (None: the whole track), one pass each."""
+    return {name: encoder.embed(x if n is None else centre_crop(x, n))[0].float().cpu().numpy()
+            for name, n in lengths.items()}
+
+
+def _finite(skipped: list[dict], row, vectors: Iterable[np.ndarray], what: str = "") -> bool:
+    """True if every vector is finite; else the row is skipped with the reason."""
+    if all(np.isfinite(e).all() for e in vectors):
+        return True
+    _skip(skipped, row, f"{what}non-finite embedding")
+    return False
+
+
+def _stack(vectors: list[np.ndarray], encoder: Encoder) -> np.ndarray:
+    return np.stack(vectors) if vectors else np.zeros((0, encoder.cfg.embed_dim), np.float32)
 
 
 def centre_crop(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -200,63 +344,30 @@ def centre_crop(x: torch.Tensor, length: int) -> torch.Tensor:
     return x[..., start:start + length]
 
 
-@torch.inference_mode()
-def crop_embeddings(
-    encoder: Encoder,
-    mel_config: MelConfig,
-    normalizer: Normalizer,
-    tracks: pd.DataFrame,
-    crop_seconds: float,
-    multiples: Sequence[int] = CROP_MULTIPLES,
-    progress: bool = True,
-) -> CropEmbedded:
-    """Embeddings of centred crops of m x `crop_seconds` (m in `multiples`) and of the full track.
-
-    The log-mel is computed once per track and cropped, so every crop sees the same frames as the full
-    pass. A crop longer than the track is the whole track (compare `tracks.seconds` with the crop length).
-    A track skipped for one crop is skipped for all, so every crop has the same rows.
-    """
-    _check_inputs(encoder, mel_config, tracks)
-    lengths = {f"{m}x": mel_config.frames(m * crop_seconds) for m in multiples}
-    kept, seconds, skipped = [], [], []
-    vectors: dict[str, list[np.ndarray]] = {name: [] for name in [*lengths, "full"]}
-    rows = tracks.itertuples(index=False)
-    for i, row in enumerate(tqdm(rows, total=len(tracks), desc="embed crops", unit="track", disable=not progress)):
-        try:
-            with _eval_mode(encoder) as device:
-                x = normalizer(_logmel(row.path, mel_config, None))[None].to(device)  # (1, M, T)
-                out = {name: encoder.embed(centre_crop(x, n))[0].float().cpu().numpy() for name, n in lengths.items()}
-                out["full"] = encoder.embed(x)[0].float().cpu().numpy()
-        except TRACK_ERRORS as err:
-            _skip(skipped, row, f"{type(err).__name__}: {err}")
-            continue
-        if not all(np.isfinite(e).all() for e in out.values()):
-            _skip(skipped, row, "non-finite embedding")
-            continue
-        kept.append(i)
-        seconds.append(mel_config.seconds(x.shape[-1]))
-        for name, e in out.items():
-            vectors[name].append(e)
-    X = {name: np.stack(v) if v else np.zeros((0, encoder.cfg.embed_dim), np.float32) for name, v in vectors.items()}
-    return CropEmbedded(_track_rows(tracks, kept, seconds), X, _finish("embed crops", len(kept), skipped))
-
-
 def estimate_normalizer(paths: Sequence[str], mel_config: MelConfig, max_tracks: int = NORM_TRACKS,
-                        max_seconds: float = NORM_SECONDS, seed: int = 0) -> Normalizer:
+                        max_seconds: float = NORM_SECONDS, seed: int = 0,
+                        cache: Optional[EmbeddingCache] = None) -> Normalizer:
     """`Normalizer.measure` over the first `max_seconds` of a seeded sample of tracks (unreadable ones are
-    passed over): an untrained encoder has no training crops to measure."""
+    passed over): an untrained encoder has no training crops to measure. With a cache, kept and reused while
+    the sampled files are unchanged."""
     paths = list(paths)
-    chosen = sorted(np.random.default_rng(seed).permutation(len(paths))[:max_tracks])
-    logmels = list(_readable_logmels([paths[i] for i in chosen], mel_config, mel_config.frames(max_seconds)))
-    if not logmels:
-        log.warning("no readable track to measure log-mel statistics; inputs are not standardised")
-    return Normalizer.measure(logmels)
+    chosen = [paths[i] for i in sorted(np.random.default_rng(seed).permutation(len(paths))[:max_tracks])]
+
+    def measure() -> tuple[float, float]:
+        logmels = list(_readable_logmels(chosen, mel_config, mel_config.frames(max_seconds)))
+        if not logmels:
+            log.warning("no readable track to measure log-mel statistics; inputs are not standardised")
+        norm = Normalizer.measure(logmels)
+        return norm.mean, norm.std
+
+    settings = {"frontend": dataclasses.asdict(mel_config), "max_seconds": max_seconds}
+    return Normalizer(*(measure() if cache is None else cache.statistic(chosen, settings, measure)))
 
 
 def _readable_logmels(paths: Sequence[str], mel_config: MelConfig, max_frames: int) -> Iterator[torch.Tensor]:
     for path in paths:
         try:
-            x = _logmel(path, mel_config, max_frames)
+            x = track_logmel(path, mel_config, max_frames=max_frames)
         except TRACK_ERRORS as err:
             log.warning("normaliser: passed over %s (%s)", path, one_line(err))
             continue
@@ -318,15 +429,11 @@ def _read_tracks(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     if args.tracks:
         tracks = read_tracks(check_input_file(args.tracks, "tracks table"))
         if args.only_split:
-            splits = sorted(tracks["split"].dropna().unique()) if "split" in tracks.columns else []
-            if args.only_split not in splits:
-                raise UsageError(f"--only-split {args.only_split!r} is not a split of {args.tracks} "
-                                 f"(splits there: {', '.join(splits) or 'none, no split column'})")
-            tracks = tracks[tracks["split"] == args.only_split].reset_index(drop=True)
+            tracks = tracks[_split_rows(tracks, args.only_split, "--only-split", args.tracks)].reset_index(drop=True)
         return tracks, pd.DataFrame(columns=SKIP_COLUMNS)
     if not Path(args.audio_dir).is_dir():
         raise UsageError(f"audio folder not found: {args.audio_dir}")
-    scan = scan_audio(args.audio_dir, progress=not args.quiet)
+    scan = scan_audio(args.audio_dir, progress=not args.quiet, decode=False)  # each file is decoded once, below
     skipped = scan.skipped.assign(id=None)[SKIP_COLUMNS]
     return scan.tracks, skipped
 
@@ -353,18 +460,12 @@ class Shard(NamedTuple):
         rank = (middles * self.world // weight.sum()).astype(int) if weight.sum() > 0 else np.zeros(len(tracks), int)
         return tracks[np.minimum(rank, self.world - 1) == self.rank].reset_index(drop=True)
 
-    def device(self, device: torch.device) -> torch.device:
-        """One GPU per process: cuda without an index is cuda:LOCAL_RANK."""
-        if device.type == "cuda" and device.index is None and self.world > 1:
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return device
-
 
 def _outputs(args: argparse.Namespace, shard: Shard) -> dict[str, Path]:
     """Every file the command will write (name -> this process's path), checked before any audio is read."""
     out = Path(args.out)
     names = [*(f"{m}x" for m in CROP_MULTIPLES), "full"] if args.crops is not None else []
-    files = {n: out.with_name(f"{out.stem}.{n}{out.suffix}") for n in names} or {"tracks": out}
+    files = {"tracks": out, **{n: out.with_name(f"{out.stem}.{n}{out.suffix}") for n in names}}
     if args.skipped:
         files["skipped"] = Path(args.skipped)
     return {name: check_output(part_path(f, *shard)) for name, f in files.items()}
@@ -385,22 +486,20 @@ def _model(args: argparse.Namespace, device: torch.device) -> tuple[Encoder, Mel
     return encoder, mel_config, normalizer, training_crop
 
 
-def _open_cache(args: argparse.Namespace, encoder: Encoder, mel_config: MelConfig, normalizer: Normalizer,
-                window_seconds: float) -> contextlib.AbstractContextManager:
-    """The embedding cache of this model and these settings (a no-op context with --no-cache)."""
-    if args.no_cache:
-        return contextlib.nullcontext()
+def _cache_key(args: argparse.Namespace, encoder: Encoder, mel_config: MelConfig, normalizer: Normalizer,
+               window_seconds: float) -> str:
+    """The embedding cache's key of this model and these settings."""
     settings = {"encoder": dataclasses.asdict(encoder.cfg), "frontend": dataclasses.asdict(mel_config),
                 "norm": normalizer.to_dict(), "mode": args.mode, "max_seconds": args.max_seconds,
                 "window_seconds": window_seconds if args.mode == "chunked" else None, "seed": args.seed}
-    return EmbeddingCache(args.cache or default_folder(), model_key(args.model, settings))
+    return model_key(args.model, settings)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     if bool(args.audio_dir) == bool(args.tracks):
         raise UsageError("give either AUDIO_DIR or --tracks FILE (not both)")
     shard = Shard.from_env()
-    device = shard.device(resolve_device(args.device))
+    device = process_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
     files = _outputs(args, shard)
     encoder, mel_config, normalizer, training_crop = _model(args, device)
     if args.crops == TRAINING_CROP:
@@ -409,24 +508,39 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         args.crops = float(training_crop)
     window_seconds = args.window_seconds or WINDOW_CROPS * float(training_crop or DEFAULT_CROP_SECONDS)
     tracks, scan_skipped = _read_tracks(args)
-    if normalizer is None:  # from all the tracks, so every rank standardises alike
-        pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
-        normalizer = estimate_normalizer((pool if len(pool) else tracks)["path"], mel_config, seed=args.seed)
-        log.info("untrained model: inputs standardised with mean %.3f, std %.3f", normalizer.mean, normalizer.std)
-    tracks, progress = shard.rows(tracks), not args.quiet and shard.rank == 0
-    if args.crops:
-        res = crop_embeddings(encoder, mel_config, normalizer, tracks, args.crops, progress=progress)
-        for name, X in res.X.items():
-            Embedded(res.tracks, X, res.skipped).write(files[name])
-    else:
-        with _open_cache(args, encoder, mel_config, normalizer, window_seconds) as cache:
-            res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds,
-                               progress, cache)
-        res.write(files["tracks"])
+    _split_rows(tracks, args.crop_split, "--crop-split", args.tracks)  # checked on the whole table: a shard may hold none
+    with contextlib.nullcontext() if args.no_cache else EmbeddingCache(args.cache or default_folder()) as cache:
+        if normalizer is None:  # from all the tracks, so every rank standardises alike
+            pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
+            normalizer = estimate_normalizer((pool if len(pool) else tracks)["path"], mel_config, seed=args.seed,
+                                             cache=cache)
+            log.info("untrained model: inputs standardised with mean %.3f, std %.3f", normalizer.mean, normalizer.std)
         if cache is not None:
-            log.info("embedding cache %s: %d vectors reused, %d files not in it", cache.folder, cache.hits, cache.misses)
+            cache.key = _cache_key(args, encoder, mel_config, normalizer, window_seconds)
+        tracks = shard.rows(tracks)
+        crop_rows = None if args.crop_split is None else (tracks["split"] == args.crop_split).to_numpy()
+        crops = Crops(args.crops, rows=crop_rows) if args.crops else None
+        res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds,
+                           not args.quiet and shard.rank == 0, cache, crops, args.workers)
+    res.write(files["tracks"])
+    if res.crops is not None:
+        for name, X in res.crops.X.items():
+            Embedded(res.crops.tracks, X, res.skipped).write(files[name])
+    if cache is not None:
+        log.info("embedding cache %s: %d vectors reused, %d files not in it", cache.folder, cache.hits, cache.misses)
     _report(args, files, tracks, res, scan_skipped if shard.rank == 0 else scan_skipped.iloc[:0])
     return 0
+
+
+def _split_rows(tracks: pd.DataFrame, split: Optional[str], option: str, source: Optional[str]) -> Optional[np.ndarray]:
+    """Rows of `split` (None: every row); a UsageError naming the `option` when the table has no such split."""
+    if split is None:
+        return None
+    splits = sorted(tracks["split"].dropna().unique()) if "split" in tracks.columns else []
+    if split not in splits:
+        raise UsageError(f"{option} {split!r} is not a split of {source or 'the scanned folder'} "
+                         f"(splits there: {', '.join(splits) or 'none, no split column'})")
+    return (tracks["split"] == split).to_numpy()
 
 
 def _report(args: argparse.Namespace, files: dict[str, Path], tracks: pd.DataFrame, res, scan_skipped: pd.DataFrame) -> None:
@@ -458,9 +572,14 @@ def register_cli(subparsers) -> None:
                                                           f"training crop; {WINDOW_CROPS * DEFAULT_CROP_SECONDS:g} s untrained)")
     p.add_argument("--max-seconds", type=positive, help="embed at most the first S seconds of each track")
     p.add_argument("--crops", type=positive, nargs="?", const=TRAINING_CROP, metavar="CROP_SECONDS",
-                   help="length-extrapolation run: write OUT.{1x,2x,...,64x,full}.parquet from centred crops "
-                        "of 1, 2, 4, ..., 64 x CROP_SECONDS (default: the checkpoint's training crop) and the full track")
+                   help="length extrapolation: also write OUT.{1x,2x,...,64x,full}.parquet from centred crops "
+                        "of 1, 2, 4, ..., 64 x CROP_SECONDS (default: the checkpoint's training crop) and the full "
+                        "track, from the same decoded audio")
+    p.add_argument("--crop-split", metavar="SPLIT", help="with --crops: crop only the tracks of this split (e.g. test)")
     p.add_argument("--only-split", help="with --tracks: embed only the tracks of this split (e.g. test)")
+    p.add_argument("--workers", type=non_negative_int, default=DEFAULT_WORKERS,
+                   help=f"processes that decode audio while the encoder runs (0: none; default {DEFAULT_WORKERS}, "
+                        "the CPU cores)")
     p.add_argument("--seed", type=int, default=0, help="weights of untrained:VARIANT (and its norm sample)")
     p.add_argument("--params", help="untrained:VARIANT: take the model size and the front end from this file's "
                                    "model and frontend sections")

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ COMMIT_EVERY = 64  # entries between commits (a crash loses at most these, never
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT);
 CREATE TABLE IF NOT EXISTS vectors (model TEXT, sha256 TEXT, seconds REAL, vector BLOB, PRIMARY KEY (model, sha256));
+CREATE TABLE IF NOT EXISTS statistics (key TEXT PRIMARY KEY, mean REAL, std REAL);
 """
 
 
@@ -70,9 +71,10 @@ def model_key(model: str, settings: dict) -> str:
 
 
 class EmbeddingCache:
-    """Vectors of one model key in the cache folder: `get` before embedding a file, `put` after."""
+    """Vectors of one model key in the cache folder: `get` before embedding a file, `put` after. The key may be
+    set after opening: an untrained model's key holds the standardisation measured through `statistic`."""
 
-    def __init__(self, folder: str | os.PathLike, key: str):
+    def __init__(self, folder: str | os.PathLike, key: str = ""):
         self.folder, self.key = Path(folder), key
         self.hits = self.misses = self._pending = 0
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -124,6 +126,21 @@ class EmbeddingCache:
             return None
         self.hits += 1
         return np.frombuffer(row[1], dtype=np.float32).copy(), float(row[0])
+
+    def statistic(self, paths: Sequence[str], settings: dict, measure: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+        """(mean, std) that `measure` takes from the files `paths` with `settings`: kept, and reused while the
+        files' contents are unchanged, so an unchanged re-run decodes nothing for it either."""
+        contents = [self._content(p) for p in paths]
+        key = hashlib.sha256(json.dumps({"files": contents, "settings": settings, "code": _code_version()},
+                                        sort_keys=True, default=str).encode()).hexdigest()
+        row = self.db.execute("SELECT mean, std FROM statistics WHERE key = ?", (key,)).fetchone()
+        if row:
+            return float(row[0]), float(row[1])
+        value = measure()
+        if None not in contents:
+            self.db.execute("INSERT OR REPLACE INTO statistics VALUES (?, ?, ?)", (key, *map(float, value)))
+            self.commit()
+        return value
 
     def put(self, path: str, vector: np.ndarray, seconds: float) -> None:
         sha = self._content(path)

@@ -26,7 +26,8 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from cml.clustering import add_table_arguments, check_at_most, cluster, partition_scores, read_cli_table
 from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
-from cml.neighbours import fit_knn, knn_accuracy, l2_normalise, leave_group_out_knn_accuracy
+from cml.index import knn_accuracy, leave_group_out_knn_accuracy
+from cml.neighbours import fit_knn, l2_normalise
 from cml.split import split_tracks
 from cml.tables import FeatureTable, preview, read_feature_table, read_tracks, standardise
 

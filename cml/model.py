@@ -211,6 +211,19 @@ class ProjectionHead(nn.Module):
         return self.net(e)
 
 
+def chunk_windows(x: Tensor, window_frames: int, hop_frames: Optional[int] = None) -> Tensor:
+    """(B, M, T) -> (B, W, M, min(T, window)): the windows of `Encoder.embed_chunked`, one every `hop_frames`
+    (default: no overlap) and one more ending at the last frame; the whole input when it fits one window."""
+    T = x.shape[-1]
+    if T <= window_frames:
+        return x[:, None]
+    hop = hop_frames or window_frames
+    starts = list(range(0, T - window_frames + 1, hop))
+    if starts[-1] + window_frames < T:
+        starts.append(T - window_frames)
+    return torch.stack([x[..., s:s + window_frames] for s in starts], dim=1)
+
+
 class Encoder(nn.Module):
     """Log-mel spectrogram -> track embedding (`embed`) -> projection for the loss (`project`)."""
 
@@ -308,14 +321,7 @@ class Encoder(nn.Module):
         end, one more window ends at the last frame, so every frame is seen. An input no longer than a
         window is a single window, identical to `embed`. Windows go through in batches of `batch_windows`.
         """
-        T = x.shape[-1]
-        if T <= window_frames:
-            return self.embed(x)
-        hop = hop_frames or window_frames
-        starts = list(range(0, T - window_frames + 1, hop))
-        if starts[-1] + window_frames < T:
-            starts.append(T - window_frames)
-        windows = torch.stack([x[..., s:s + window_frames] for s in starts], dim=1)  # (B, W, M, window)
+        windows = chunk_windows(x, window_frames, hop_frames)  # (B, W, M, window)
         B, W = windows.shape[:2]
         e = torch.cat([self.embed(w) for w in windows.flatten(0, 1).split(batch_windows)])  # (B * W, E)
         return e.view(B, W, -1).mean(dim=1)

@@ -1,7 +1,8 @@
 """Nearest neighbours in a feature space: unit rows, the cosine k-NN vote, and its leave-group-out variant.
 
 Light on purpose (numpy and scikit-learn's k-NN only): training scores its validation k-NN with it, and
-evaluation, clustering and playlists normalise rows with it, without importing one another.
+evaluation, clustering and playlists normalise rows with it, without importing one another. `cml.index`
+builds on it for libraries too large for exact search, and runs `cml neighbours`.
 """
 from __future__ import annotations
 
@@ -64,10 +65,18 @@ def leave_group_out_knn_accuracy(X: np.ndarray, y: np.ndarray, queries: np.ndarr
         sim[group_idx[chunk][:, None] == group_idx[None, :]] = -np.inf  # the query's own group never votes
         nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # (c, k)
         valid = np.isfinite(np.take_along_axis(sim, nearest, axis=1))
-        votes = np.zeros((len(chunk), len(classes)))
-        np.add.at(votes, (np.repeat(np.arange(len(chunk)), nearest.shape[1]), y_idx[nearest].ravel()), valid.ravel())
-        correct += int(np.sum(votes.argmax(axis=1) == y_idx[chunk]))
+        correct += int(np.sum(majority_vote(y_idx[nearest], valid, len(classes)) == y_idx[chunk]))
     return correct / len(rows)
+
+
+def majority_vote(labels: np.ndarray, valid: np.ndarray, n_classes: int) -> np.ndarray:
+    """The class (0..n_classes-1) most of each row's valid neighbours have; ties go to the first class.
+
+    ``labels`` and ``valid`` are (q, k): the class of each neighbour and whether it votes.
+    """
+    votes = np.zeros((len(labels), n_classes))
+    np.add.at(votes, (np.repeat(np.arange(len(labels)), labels.shape[1]), labels.ravel()), valid.ravel())
+    return votes.argmax(axis=1)
 
 
 def nearest(X: np.ndarray, queries: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
@@ -85,56 +94,3 @@ def nearest(X: np.ndarray, queries: np.ndarray, k: int, block: int = 4096) -> tu
         idx[lo:lo + block] = np.take_along_axis(top, order, axis=1)
         sim[lo:lo + block] = np.take_along_axis(S, idx[lo:lo + block], axis=1)
     return idx, sim
-
-
-def find_rows(ids: np.ndarray, paths: Optional[np.ndarray], wanted: list[str]) -> list[int]:
-    """Row of each wanted track: by id, else by path, else by file name (a UsageError names what is not found)."""
-    from pathlib import Path
-
-    from cml.errors import UsageError
-
-    keys = [dict(zip(map(str, ids), range(len(ids))))]
-    if paths is not None:
-        keys += [{str(p): i for i, p in enumerate(paths)}, {Path(str(p)).name: i for i, p in enumerate(paths)}]
-    rows = []
-    for w in wanted:
-        row = next((k[w] for k in keys if w in k), None)
-        if row is None:
-            raise UsageError(f"track {w!r} is not in the table (give an id, a path or a file name of its rows)")
-        rows.append(row)
-    return rows
-
-
-def _cmd_neighbours(args) -> int:
-    import sys
-
-    from cml.tables import read_feature_table
-
-    table = read_feature_table(args.table)
-    paths = table.meta["path"].to_numpy() if "path" in table.meta else None
-    rows = find_rows(table.ids, paths, args.track)
-    idx, sim = nearest(table.X, table.X[rows], args.k + 1)
-    out = []
-    for query, found, scores in zip(rows, idx, sim):
-        hits = [(j, s) for j, s in zip(found, scores) if j != query][:args.k]
-        out += [{"query": table.ids[query], "rank": r + 1, "id": table.ids[j], "similarity": round(float(s), 6),
-                 "label": table.labels[j] if table.labels is not None else None,
-                 "path": paths[j] if paths is not None else None} for r, (j, s) in enumerate(hits)]
-    frame = pd.DataFrame(out).dropna(axis=1, how="all")
-    if args.out:
-        frame.to_csv(args.out, index=False)
-    frame.to_string(sys.stdout, index=False)
-    print()
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add `cml neighbours TABLE TRACK [TRACK ...] [-k 10]`."""
-    from cml.errors import count
-
-    p = subparsers.add_parser("neighbours")
-    p.add_argument("table", help="feature table (embeddings or features; Parquet, CSV or a folder of parts)")
-    p.add_argument("track", nargs="+", help="a track's id, path or file name")
-    p.add_argument("-k", type=count, default=10, help="how many neighbours (default 10)")
-    p.add_argument("--out", help="also write the list as CSV")
-    p.set_defaults(func=_cmd_neighbours)

@@ -1,7 +1,7 @@
 """Find usable audio files under a folder tree and say why every other file was skipped (`cml scan`).
 
 Every file is decoded completely, in blocks, because a header can look fine while the data is truncated or
-corrupt. This module imports no torch, so `cml scan` starts in a fraction of a second; the tracks stage
+corrupt (headers only for `cml embed AUDIO_DIR`, which decodes each file once and reports what fails there). This module imports no torch, so `cml scan` starts in a fraction of a second; the tracks stage
 (`cml.dataset`) and `cml embed AUDIO_DIR` scan through it too.
 """
 
@@ -76,17 +76,20 @@ def _walk(root: Path, skip: list[dict]) -> list[Path]:
     return files
 
 
-def _length_slack(f: sf.SoundFile) -> int:
-    """Frames a complete file of this format may decode short of its header's count."""
-    if f.format == "MP3":
+def length_slack(fmt: str, sample_rate: int) -> int:
+    """Frames a complete file of this format ("OGG", "MP3", or "OGG/VORBIS" as in the `format` column) may
+    decode short of its header's count."""
+    container = fmt.split("/")[0]
+    if container == "MP3":
         return _MP3_LENGTH_SLACK
-    if f.format == "OGG":
-        return round(_OGG_LENGTH_SLACK_SECONDS * f.samplerate)
+    if container == "OGG":
+        return round(_OGG_LENGTH_SLACK_SECONDS * sample_rate)
     return 0
 
 
-def _probe(path: Path, min_duration: float, silence_db: float) -> dict | str:
-    """Track metadata after decoding the whole file in blocks, or the one-line reason to skip it."""
+def _probe(path: Path, min_duration: float, silence_db: float, decode: bool = True) -> dict | str:
+    """Track metadata after decoding the whole file in blocks (only its header: `decode=False`), or the one-line
+    reason to skip it."""
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
         return f"not an audio file (extension {path.suffix or 'none'!r})"
     if not path.exists():
@@ -103,6 +106,9 @@ def _probe(path: Path, min_duration: float, silence_db: float) -> dict | str:
                 return "no audio frames"
             if f.frames < min_duration * f.samplerate:
                 return f"too short ({f.frames / f.samplerate:.2f} s < {min_duration} s)"
+            meta = {"sample_rate": f.samplerate, "channels": f.channels, "format": f"{f.format}/{f.subtype}"}
+            if not decode:
+                return {"duration": f.frames / f.samplerate, **meta}
             decoded, peak = 0, 0.0
             try:
                 for block in iter_frames(f, _BLOCK_FRAMES):
@@ -114,11 +120,10 @@ def _probe(path: Path, min_duration: float, silence_db: float) -> dict | str:
                     peak = max(peak, block_peak)
             except sf.LibsndfileError as err:
                 return f"corrupt or truncated: {err.error_string.strip()} after {decoded} of {f.frames} frames"
-            if decoded < f.frames - _length_slack(f):
+            if decoded < f.frames - length_slack(f.format, f.samplerate):
                 return f"truncated: decoded {decoded} of {f.frames} frames"
             if decoded < f.frames:
                 log.debug("%s: decoded %d of the %d frames in its header (within tolerance)", path, decoded, f.frames)
-            meta = {"sample_rate": f.samplerate, "channels": f.channels, "format": f"{f.format}/{f.subtype}"}
     except sf.LibsndfileError as err:
         message = err.error_string.strip()
         if any(m in message.lower() for m in _NOT_AUDIO_ERRORS):
@@ -141,11 +146,13 @@ def scan_audio(
     min_duration: float = 1.0,
     silence_db: float = -60.0,
     progress: bool = True,
+    decode: bool = True,
 ) -> ScanResult:
     """Find every usable audio file under `root` and say why each other file was skipped.
 
     Each file is decoded completely (in blocks, so memory stays small) because a header can look fine
-    while the data is truncated or corrupt. Tracks get `id` = path relative to root without extension
+    while the data is truncated or corrupt; `decode=False` reads headers only, for a caller that decodes
+    every file anyway and reports what fails there (`cml embed AUDIO_DIR`). Tracks get `id` = path relative to root without extension
     (posix), `label` = first sub-folder under root (None for files directly in root), and `duration`
     in seconds as decoded. Files whose id is already taken (same name, other extension) are skipped.
     Hidden files and folders are ignored without a report (see `_walk`). Truncated WAV and Ogg files
@@ -160,7 +167,7 @@ def scan_audio(
     for path in tqdm(_walk(root, skipped), desc="scan audio", unit="file", disable=not progress):
         rel = path.relative_to(root)
         track_id = rel.with_suffix("").as_posix()
-        result = _probe(path, min_duration, silence_db)
+        result = _probe(path, min_duration, silence_db, decode)
         if isinstance(result, dict) and track_id in ids:
             result = f"duplicate id {track_id!r} (already taken by {ids[track_id].name})"
         if isinstance(result, str):

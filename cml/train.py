@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, centre_offset, load_audio, track_logmel
 from cml.augment import Augment, AugmentConfig
-from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, resolve_device, save_checkpoint
+from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, process_device, resolve_device, save_checkpoint
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line
 from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
 from cml.model import Encoder, EncoderConfig
@@ -164,11 +164,6 @@ def _init_distributed(device_type: str) -> Dist:
         return Dist()
     dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns_group=True)
-
-
-def _device(name: str, local_rank: int) -> torch.device:
-    device = resolve_device(name)
-    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
 
 
 def _autocast(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, Optional[torch.dtype]]:
@@ -600,7 +595,7 @@ def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: st
     out = Path(out_dir)
     device_type = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
     d = _init_distributed(device_type)
-    device = _device(cfg.device, d.local_rank)
+    device = process_device(cfg.device, d.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -146,6 +146,20 @@ def test_logmel_matches_torchaudio_centred_zero_padded():
     torch.testing.assert_close(LogMel(cfg)(wave), torch.log(reference(wave) + cfg.log_offset))
 
 
+def test_logmel_in_frame_chunks_equals_one_stft_to_the_last_bit():
+    """The chunked FFT (`FRAME_CHUNK` frames at a time) is the same computation as one torch.stft."""
+    from cml.audio import FRAME_CHUNK
+
+    cfg = MelConfig()
+    logmel = LogMel(cfg)
+    wave = torch.from_numpy(music(3 * FRAME_CHUNK * cfg.hop_length / cfg.sample_rate + 0.37, cfg.sample_rate))
+    spec = torch.stft(wave, cfg.n_fft, cfg.hop_length, window=logmel.window, center=False, return_complex=True)
+    power = spec.real.square() + spec.imag.square()
+    expected = torch.log((power.T @ logmel.fbank).T + cfg.log_offset)
+    assert expected.shape[-1] > 3 * FRAME_CHUNK  # several chunks and a partial one
+    assert torch.equal(logmel.frames(wave), expected)
+
+
 def test_sine_lights_up_the_right_mel_band():
     cfg = MelConfig()
 
@@ -164,6 +178,20 @@ def test_track_logmel_equals_one_shot(tmp_path):
     got = track_logmel(path, MelConfig(), block_seconds=0.9)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=0)
+
+
+def test_track_logmel_max_frames_decodes_only_what_it_needs_and_gives_the_same_frames(tmp_path, monkeypatch):
+    import cml.audio
+
+    path = write(tmp_path / "m.flac", music(7.3, 44100, channels=2), 44100)
+    whole = track_logmel(path, MelConfig(), block_seconds=0.5)
+    blocks = []
+    real = cml.audio.iter_blocks
+    monkeypatch.setattr(cml.audio, "iter_blocks", lambda *a, **k: (blocks.append(b) or b for b in real(*a, **k)))
+    head = track_logmel(path, MelConfig(), block_seconds=0.5, max_frames=150)
+    assert torch.equal(head, whole[:, :150])
+    assert len(blocks) <= 4  # 1.5 s and the next block's look-ahead, not all 15 blocks
+    assert torch.equal(track_logmel(path, MelConfig(), block_seconds=0.5, max_frames=10 ** 6), whole)
 
 
 @pytest.mark.parametrize("seconds", [0.01, 0.0251, 0.5])

@@ -110,6 +110,39 @@ def test_scan_skips_bad_audio_with_what_is_wrong_and_keeps_every_good_file(tmp_p
     assert len(result.tracks) + len(result.skipped) == len(good) + 1 + len(bad)  # nothing lost, nothing twice
 
 
+def test_embed_of_a_folder_decodes_each_file_once_and_still_reports_every_bad_one(tmp_path, monkeypatch, capsys):
+    """`cml embed AUDIO_DIR` scans headers only; what a full scan finds by decoding, the embedding finds."""
+    import cml.embed
+    import cml.scan
+
+    root = tmp_path / "audio"
+    (root / "a").mkdir(parents=True)
+    good = [tone(root / "a" / f"good{i}.wav", freq=300 + 50 * i) for i in range(3)]
+    short_ogg = tone(root / "a" / "slightly_short.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    set_ogg_length(short_ogg, 600)  # within the Ogg tolerance: kept
+    truncated = tone(root / "a" / "truncated.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    set_ogg_length(truncated, 8820)
+    sf.write(root / "a" / "silent.wav", np.zeros(SR * 2, np.float32), SR)
+    bad = {str(poisoned(root / "a" / "nan.wav")): "non-finite", str(truncated): "truncated",
+           str(root / "a" / "silent.wav"): "silent", str(root / "a" / "text.mp3"): "not audio"}
+    (root / "a" / "text.mp3").write_text("this is a text file renamed to .mp3\n")
+    decoded, scanned = [], []
+    real_logmels, real_frames = cml.embed.iter_logmels, cml.scan.iter_frames
+    monkeypatch.setattr(cml.embed, "iter_logmels", lambda paths, *a, **k: decoded.extend(paths) or real_logmels(paths, *a, **k))
+    monkeypatch.setattr(cml.scan, "iter_frames", lambda *a, **k: scanned.append(a) or real_frames(*a, **k))
+    out, report = tmp_path / "e.parquet", tmp_path / "skipped.csv"
+    code, _ = run(["embed", "untrained:none", root, "--out", out, "--skipped", report, "--quiet", "--no-cache",
+                   *[a for kv in ("dim=16", "depth=1", "heads=2", "embed_dim=8") for a in ("--set", kv)]], capsys)
+    assert code == 0 and not scanned  # the scan read headers only
+    assert sorted(decoded) == sorted({*map(str, good), str(short_ogg), *bad} - {str(root / "a" / "text.mp3")})
+    assert sorted(Path(p).name for p in read_feature_table(out).meta["path"]) == \
+        sorted([p.name for p in good] + [short_ogg.name])
+    reasons = dict(zip(*pd.read_csv(report)[["path", "reason"]].to_numpy().T))
+    assert set(reasons) == set(bad)
+    for path, fragment in bad.items():
+        assert fragment in reasons[path], (path, reasons[path])
+
+
 def test_scan_command_reports_skips_and_checks_its_options(tmp_path, capsys):
     root = tmp_path / "audio"
     root.mkdir()

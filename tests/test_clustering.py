@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -292,19 +293,94 @@ def test_cluster_testing_rows_follow_the_split():
         ClusterTestingConfig(split="test").rows(tracks.iloc[:3])
 
 
-def test_quadratic_methods_are_skipped_with_a_reason_where_they_would_take_too_long():
-    from cml.clustering import QUADRATIC_SECONDS_20K, too_slow
+# --- the guard: what cannot run at this size is skipped with a reason, what can runs ------------------
 
-    assert too_slow("elki-slink", 420) is None and too_slow("elki-slink", 20_000) is None
-    reason = too_slow("elki-slink", 100_000)
-    assert reason.startswith("skipped at 100,000 rows: O(n^2) time, about 22 min")  # 54 s x 25
-    assert too_slow("kmeans", 10_000_000) is None and too_slow("hdbscan", 1_000_000) is None
-    assert set(QUADRATIC_SECONDS_20K) <= set(METHODS)
+GIB = 1024.0  # MiB
+QUADRATIC = ("elki-slink", "elki-single", "elki-complete", "elki-average", "elki-ward", "elki-hdbscan", "hdbscan")
+SCALABLE = ("kmeans", "elki-kmeans", "dbscan", "elki-dbscan")  # elki-dbscan: with its cover tree
+
+
+def test_every_method_of_the_grid_has_a_measured_cost():
+    from cml.clustering import COSTS
+    assert set(COSTS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", QUADRATIC)
+def test_a_quadratic_method_is_skipped_at_100k_rows_with_a_reason(method):
+    from cml.clustering import too_costly
+    reason = too_costly(method, 100_000, 128, memory_mb=18 * GIB)  # asks the model: nothing runs
+    assert reason.startswith("skipped at 100,000 rows: ")
+    assert too_costly(method, 420, 128, memory_mb=18 * GIB) is None  # the project's own library runs
+
+
+@pytest.mark.parametrize("method", SCALABLE)
+def test_what_scales_runs_at_100k_rows(method):
+    from cml.clustering import too_costly
+    assert too_costly(method, 100_000, 128, memory_mb=18 * GIB) is None
+    if method in ("kmeans", "elki-kmeans"):  # linear: a million rows too
+        assert too_costly(method, 1_000_000, 128, memory_mb=18 * GIB) is None
+    else:
+        assert re.search(r"O\(n\^2(\.\d)?\) time", too_costly(method, 1_000_000, 128, memory_mb=18 * GIB))
+
+
+def test_the_time_guard_extrapolates_the_measured_base_point():
+    from cml.clustering import COSTS, too_costly
+    cost = COSTS["elki-slink"]
+    at_budget = cost.rows * (900 / cost.seconds) ** (1 / cost.exponent)  # the rows that take 15 min
+    assert too_costly("elki-slink", int(at_budget * 0.99), 128, memory_mb=1e9) is None
+    reason = too_costly("elki-slink", int(at_budget * 1.01), 128, memory_mb=1e9)
+    assert reason.startswith(f"skipped at {int(at_budget * 1.01):,} rows: O(n^2) time, about 15 min")
+    assert too_costly("elki-slink", int(at_budget * 1.01), 128, budget=float("inf"), memory_mb=1e9) is None
+    assert too_costly("elki-slink", int(at_budget * 0.8), 256, memory_mb=1e9) is not None  # twice the dims
+
+
+def test_the_memory_guard_skips_an_n2_matrix_that_does_not_fit():
+    from cml.clustering import too_costly
+    need = 1.25 * 100_000 ** 2 / 2 * 8 / 2**30  # GiB: Anderberg's triangular matrix
+    reason = too_costly("elki-ward", 100_000, 128, budget=float("inf"), memory_mb=(need - 1) * GIB)
+    assert re.match(r"skipped at 100,000 rows: about 4\d\.\d GiB of memory \(an n\^2/2 distance matrix\)", reason)
+    assert too_costly("elki-ward", 100_000, 128, budget=float("inf"), memory_mb=(need + 2) * GIB) is None
+    # linear memory is checked too: a million rows of k-means in 1 GiB
+    assert "GiB of memory (the data and its copies)" in too_costly("kmeans", 1_000_000, 128, memory_mb=GIB)
+
+
+def test_dbscan_neighbourhood_lists_are_sized_before_they_are_built(monkeypatch, blobs):
+    import cml.clustering as cc
+    X = np.random.default_rng(0).normal(size=(300, 4))
+    assert cc.dbscan_lists_mb(X, eps=1e6) == pytest.approx(300 * (300 * 16 + 100) / 2**20)  # all neighbours
+    base = cc.estimate("dbscan", 300, 4)[1]  # the guard's estimate without the lists: it lets DBSCAN start
+    monkeypatch.setattr(cc, "memory_limit_mb", lambda: base + 0.01)  # as if the lists passed the RAM
+    assert cc.too_costly("dbscan", 300, 4) is None
+    with pytest.raises(ValueError, match="skipped at 300 rows: scikit-learn DBSCAN's neighbourhood lists"):
+        cc.cluster(X, "dbscan", eps=1e6)
+    table = FeatureTable(ids=np.arange(300).astype(str), X=X, feature_names=list("abcd"), labels=None,
+                         meta=pd.DataFrame(index=range(300)))
+    grid = run_grid({"space": table}, ["dbscan"])
+    assert grid.loc[0, "error"].startswith("skipped at 300 rows: scikit-learn DBSCAN's")
+
+
+def test_the_grid_skips_what_the_guard_refuses_and_runs_the_rest(monkeypatch):
+    import cml.clustering as cc
+    monkeypatch.setitem(cc.COSTS, "elki-slink", cc.Cost(seconds=1e6, rows=40, exponent=2, copies=0))  # as if 100k
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(0, 0.1, (20, 4)) + 1, rng.normal(0, 0.1, (20, 4)) - 1])
     table = FeatureTable(ids=np.array([str(i) for i in range(40)]), X=X, feature_names=list("abcd"),
                          labels=np.array(["a"] * 20 + ["b"] * 20, dtype=object), meta=pd.DataFrame(index=range(40)))
-    grid = run_grid({"space": table}, ["elki-slink", "elki-dbscan", "kmeans"], budget=1e-9)  # as if 100k rows
+    grid = run_grid({"space": table}, ["elki-slink", "kmeans"])
     by = grid.set_index("method")
-    assert by.loc["elki-slink", "error"].startswith("skipped at 40 rows: O(n^2) time")
+    assert by.loc["elki-slink", "error"].startswith("skipped at 40 rows: O(n^2) time, about 278 h by extrapolation")
     assert pd.isna(by.loc["kmeans", "error"]) and by.loc["kmeans", "nmi"] == 1.0  # what can run still runs
+
+
+def test_cli_refuses_what_would_not_fit_in_memory_and_warns_what_is_slow(blobs, tmp_path, cli, monkeypatch, caplog):
+    import cml.clustering as cc
+    X, y = blobs
+    path = write_feature_table(tmp_path / "emb.parquet", [f"t{i}" for i in range(len(X))], X,
+                               labels=[f"g{v}" for v in y])
+    monkeypatch.setitem(cc.COSTS, "kmeans", cc.Cost(seconds=1e9, rows=100, exponent=1, copies=0))
+    with caplog.at_level("WARNING"):
+        assert cli(str(path), "--method", "kmeans", "--k", "3") == 0  # asked for by name: slow runs
+    assert "kmeans runs anyway, as asked; the grid would have skipped at 120 rows" in caplog.text
+    monkeypatch.setattr(cc, "memory_limit_mb", lambda: 1e-3)
+    with pytest.raises(UsageError, match=r"--method kmeans skipped at 120 rows: about [\d.]+ GiB of memory"):
+        cli(str(path), "--method", "kmeans", "--k", "3")

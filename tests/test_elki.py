@@ -68,7 +68,9 @@ def test_kmeans_finds_blobs(blobs, variant):
 
 def test_dbscan_finds_blobs_like_sklearn(blobs):
     X, y = blobs
-    got = elki.dbscan(X, eps=2.0, min_pts=5).labels
+    result = elki.dbscan(X, eps=2.0, min_pts=5)
+    assert result.args[result.args.index("-db.index") + 1] == elki.CLASSES["covertree"]  # range queries indexed
+    got = result.labels
     assert same_partition(y, got) and (got >= 0).all()
     tight = elki.dbscan(X, eps=0.9, min_pts=5).labels  # some noise: same core/noise decision as sklearn
     expected = DBSCAN(eps=0.9, min_samples=5).fit_predict(X)
@@ -222,5 +224,9 @@ def test_elki_failures_come_back_as_one_line_with_a_log_of_everything(monkeypatc
 
 def test_heap_sizing():
     assert 256 <= elki.heap_mb(1000, 128) < elki.heap_mb(1000, 128, quadratic=True)
+    assert elki.heap_mb(1000, 128, quadratic=True) == int(elki.heap_need_mb(1000, 128, quadratic=True))
+    need = elki.heap_need_mb(10**5, 128, quadratic=True)
+    assert need > 1.25 * 10**10 / 2 * 8 / 2**20  # the n^2/2 matrix, at the least
+    assert elki.heap_need_mb(10**5, 128) < 1024  # SLINK, HDBSCAN, k-means, DBSCAN: linear
     with pytest.raises(elki.ElkiError, match="use SLINK"):
         elki.heap_mb(10**7, 128, quadratic=True)

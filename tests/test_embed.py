@@ -9,7 +9,7 @@ import torch
 from cml.audio import MelConfig, centre_offset, track_logmel
 from cml.cli import main
 from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
-from cml.embed import (centre_crop, crop_embeddings, embed_tracks, estimate_normalizer, load_model,
+from cml.embed import (Crops, centre_crop, embed_tracks, estimate_normalizer, load_model,
                        parse_overrides)
 from cml.errors import UsageError
 from cml.model import VARIANTS, EncoderConfig
@@ -56,6 +56,28 @@ def test_full_and_chunked_shapes_and_whole_window_equals_full(encoder, tracks):
     np.testing.assert_allclose(whole.X, full.X, rtol=1e-5, atol=1e-6)
     capped = embed_tracks(encoder, MelConfig(), norm, tracks, max_seconds=2.0, progress=False)
     assert capped.tracks["seconds"].round(2).tolist() == [2.0, 2.0, 2.0]
+
+
+def test_a_vector_is_the_encoders_chunked_embedding_and_batching_tracks_changes_nothing(encoder, tracks, monkeypatch):
+    """On a CPU each track goes through alone (bit for bit `Encoder.embed_chunked`); on a GPU the windows of
+    several tracks share encoder passes, grouped by window length: the same vectors up to float rounding."""
+    import cml.embed
+
+    norm, mel = Normalizer(-5.0, 4.0), MelConfig()
+    alone = embed_tracks(encoder, mel, norm, tracks, window_seconds=1.0, progress=False)
+    with torch.inference_mode():
+        for row, vector in zip(tracks.itertuples(), alone.X):
+            x = norm(track_logmel(row.path, mel))[None]
+            np.testing.assert_array_equal(vector, encoder.eval().embed_chunked(x, 100, 50)[0].numpy())
+    batches = []
+    monkeypatch.setattr(cml.embed._TrackBatch, "full", lambda self, device: batches.append(len(self.rows)) and False)
+    together = embed_tracks(encoder, mel, norm, tracks, window_seconds=1.0, progress=False)
+    assert max(batches) == 3  # all three tracks in one batch
+    np.testing.assert_allclose(together.X, alone.X, rtol=1e-5, atol=1e-6)
+    full = embed_tracks(encoder, mel, norm, tracks.iloc[[0, 2, 0]].assign(id=["a", "b", "c"]), mode="full",
+                        progress=False)  # one-pass tracks of two lengths in one batch
+    np.testing.assert_allclose(full.X, embed_tracks(encoder, mel, norm, tracks, mode="full", progress=False).X[[0, 2, 0]],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_normalizer_is_applied(encoder, tracks):
@@ -145,10 +167,11 @@ def test_seconds_frames_and_the_centre_are_written_once():
 
 def test_crop_embeddings(encoder, tracks):
     norm = Normalizer(-5.0, 4.0)
-    res = crop_embeddings(encoder, MelConfig(), norm, tracks, crop_seconds=0.5, multiples=(1, 2, 8), progress=False)
+    both = embed_tracks(encoder, MelConfig(), norm, tracks, crops=Crops(0.5, (1, 2, 8)), progress=False)
+    res, full = both.crops, both.X
     assert list(res.X) == ["1x", "2x", "8x", "full"]
     assert all(X.shape == (3, 8) for X in res.X.values())
-    full = embed_tracks(encoder, MelConfig(), norm, tracks, progress=False).X
+    np.testing.assert_array_equal(full, embed_tracks(encoder, MelConfig(), norm, tracks, progress=False).X)
     np.testing.assert_allclose(res.X["full"], full, rtol=1e-5, atol=1e-6)
     # 8 x 0.5 s = 4 s covers the 3 s and 2.5 s tracks whole, but not the 5 s one
     np.testing.assert_allclose(res.X["8x"][[0, 2]], full[[0, 2]], rtol=1e-5, atol=1e-6)
@@ -201,16 +224,20 @@ def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
     assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(out), "--quiet"]) == 0
     written = read_feature_table(out)
     expected = embed_tracks(model, MelConfig(), Normalizer(-5.0, 4.0), tracks, progress=False).X
-    np.testing.assert_allclose(written.X, expected, rtol=1e-6)
+    np.testing.assert_allclose(written.X, expected, rtol=1e-5, atol=1e-7)  # log-mels from worker processes (1 thread)
     assert written.meta["split"].tolist() == ["train", "test", "test"]
 
+    # one command, one decode per file: every track, and the crops of the test tracks (as the embed stage runs it)
     crops = tmp_path / "crops.parquet"
     assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(crops), "--quiet",
-                 "--crops", "0.5", "--only-split", "test"]) == 0
+                 "--crops", "0.5", "--crop-split", "test", "--workers", "2"]) == 0
+    np.testing.assert_array_equal(read_feature_table(crops).X, written.X)  # the same worker processes: the same vectors
     for name in ("1x", "2x", "4x", "8x", "full"):
         part = read_feature_table(tmp_path / f"crops.{name}.parquet")
-        assert part.ids.tolist() == ["t1", "t2"]
-    np.testing.assert_allclose(read_feature_table(tmp_path / "crops.full.parquet").X, expected[1:], rtol=1e-6)
+        assert part.ids.tolist() == ["t1", "t2"] and part.meta["split"].tolist() == ["test", "test"]
+    np.testing.assert_allclose(read_feature_table(tmp_path / "crops.full.parquet").X, expected[1:], rtol=1e-5, atol=1e-7)
+    assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(crops), "--quiet",
+                 "--crops", "0.5", "--crop-split", "validation"]) == 2  # not a split of the table
 
     assert _run(["embed", str(ckpt), str(tmp_path), "--tracks", str(tmp_path / "tracks.csv"),
                  "--out", str(out)]) == 2

@@ -34,15 +34,15 @@ def tone(path, seconds, freq, seed=0, sr=16000):
 
 @pytest.fixture
 def decodes(monkeypatch):
-    """Counts the audio files `cml.embed` decodes."""
+    """Counts the audio files `cml.embed` decodes (handed to its decoding workers, `iter_logmels`)."""
     calls = []
-    real = cml.embed.track_logmel
+    real = cml.embed.iter_logmels
 
-    def counting(path, *args, **kwargs):
-        calls.append(str(path))
-        return real(path, *args, **kwargs)
+    def counting(paths, *args, **kwargs):
+        calls.extend(map(str, paths))
+        return real(paths, *args, **kwargs)
 
-    monkeypatch.setattr(cml.embed, "track_logmel", counting)
+    monkeypatch.setattr(cml.embed, "iter_logmels", counting)
     return calls
 
 
@@ -115,6 +115,24 @@ def test_the_cli_reuses_vectors_only_for_the_same_checkpoint(library, tmp_path, 
     assert main([*args, "--out", str(tmp_path / "c.parquet")]) == 0 and len(decodes) == 6
     assert not np.allclose(read_feature_table(tmp_path / "c.parquet").X, read_feature_table(tmp_path / "a.parquet").X)
     assert main([*args, "--no-cache", "--out", str(tmp_path / "d.parquet")]) == 0 and len(decodes) == 9
+
+
+def test_an_untrained_baseline_rerun_decodes_nothing_not_even_for_its_standardisation(library, tmp_path, decodes,
+                                                                                        monkeypatch):
+    measured = []
+    real = cml.embed.track_logmel
+    monkeypatch.setattr(cml.embed, "track_logmel", lambda path, *a, **k: measured.append(path) or real(path, *a, **k))
+    library.to_csv(tmp_path / "tracks.csv", index=False)
+    args = ["embed", "untrained:rope1d", "--tracks", str(tmp_path / "tracks.csv"), "--cache", str(tmp_path / "cache"),
+            "--quiet", "--workers", "0", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
+    assert main([*args, "--out", str(tmp_path / "a.parquet")]) == 0
+    assert len(decodes) == 3 and len(measured) == 3 + 3  # the normaliser's sample, then the embedding
+    assert main([*args, "--out", str(tmp_path / "b.parquet")]) == 0
+    assert len(decodes) == 3 and len(measured) == 6  # nothing decoded at all
+    np.testing.assert_array_equal(read_feature_table(tmp_path / "a.parquet").X, read_feature_table(tmp_path / "b.parquet").X)
+    tone(library["path"][0], 2.5, 300, seed=9)  # an edited file changes the standardisation, so every vector
+    assert main([*args, "--out", str(tmp_path / "c.parquet")]) == 0
+    assert len(decodes) == 6 and len(measured) == 6 + 3 + 3
 
 
 def test_a_corrupt_cache_is_set_aside_and_rebuilt_with_a_message(library, tmp_path, caplog, decodes):

@@ -38,6 +38,11 @@ def test_the_cli_lists_the_nearest_tracks_with_their_paths(table, tmp_path, caps
         assert rows[0].split(",")[:3] == ["query", "rank", "id"] and [r.split(",")[2] for r in rows[1:]] == ["a", "c"]
 
 
+def test_k_beyond_the_table_lists_every_other_track(table, tmp_path):
+    assert main(["neighbours", str(table), "007", "-k", "10", "--out", str(tmp_path / "n.csv")]) == 0
+    assert [r.split(",")[2] for r in (tmp_path / "n.csv").read_text().splitlines()[1:]] == ["a", "c", "b", "d"]
+
+
 def test_an_unknown_track_is_one_line_and_exit_2(table, capsys):
     assert main(["neighbours", str(table), "nope"]) == 2
     err = capsys.readouterr().err.strip()

@@ -13,6 +13,8 @@ import pytest
 import soundfile as sf
 from scipy.spatial import Delaunay
 
+from cml import index as index_module
+from cml.index import Index
 from cml.playlist import (PlaylistError, auto_seeds, build_playlist, cluster_baseline, compare_with_baselines,
                           fit_projection, knn_baseline, nearest_neighbour_tour, outside_distance, path_length,
                           playlist_frame, playlist_metrics, playlist_scores, prepare, register_cli, resolve_ids,
@@ -229,6 +231,16 @@ def test_journey_needs_two_seeds():
         build_playlist(np.eye(5), [0, 1, 2], 4, mode="journey")
 
 
+def test_a_journey_through_the_index_is_the_exact_one(monkeypatch):
+    monkeypatch.setattr(index_module, "EXACT_BELOW", 100)
+    monkeypatch.setattr(index_module, "SCAN_ROWS", 400)  # 8 of 54 lists: a real approximation
+    X = prepare(blobs(n=3000, centers=10)[0])
+    index = Index(X)
+    assert not index.exact
+    exact = build_playlist(X, [3, 1500], 15, mode="journey")
+    assert build_playlist(X, [3, 1500], 15, mode="journey", index=index).order.tolist() == exact.order.tolist()
+
+
 # ---- metrics and baselines ----
 
 def test_metrics_on_a_known_example():
@@ -258,6 +270,15 @@ def test_baselines_hold_the_seeds_and_stay_near_them():
     rand = cluster_baseline(X, seeds, 10, n_clusters=3, seed=0)
     assert set(seeds) <= set(rand) and len(rand) == 10
     assert {labels[i] for i in rand} == {labels[seeds[0]]}  # well-separated blobs: the seeds' cluster only
+
+
+def test_the_knn_baseline_through_the_index_is_the_exact_one(monkeypatch):
+    monkeypatch.setattr(index_module, "EXACT_BELOW", 100)
+    monkeypatch.setattr(index_module, "SCAN_ROWS", 400)
+    X, labels = blobs(n=3000, centers=10)
+    X = prepare(X)
+    seeds = auto_seeds(len(X), 4, labels, seed=0)
+    assert knn_baseline(X, seeds, 25, Index(X)).tolist() == knn_baseline(X, seeds, 25).tolist()
 
 
 # ---- outputs ----
@@ -356,6 +377,18 @@ def test_cli_journey(tmp_path):
                     "--out", str(tmp_path / "j.csv")]) == 0
     ids = pd.read_csv(tmp_path / "j.csv")["id"].tolist()
     assert ids[0] == "sp000" and ids[-1] == "sp059" and len(ids) == 6
+
+
+def test_the_cli_searches_a_large_library_with_the_index(tmp_path, monkeypatch, caplog):
+    path = spotify_csv(tmp_path)
+    argv = ["playlist", str(path), "--seed-tracks", "sp000,sp059", "--length", "6", "--mode", "journey", "--out"]
+    with caplog.at_level(logging.INFO, logger="cml.index"):
+        assert run_cli([*argv, str(tmp_path / "exact.csv")]) == 0
+        assert "exact search" in caplog.text
+        monkeypatch.setattr(index_module, "EXACT_BELOW", 10)
+        assert run_cli([*argv, str(tmp_path / "index.csv")]) == 0
+        assert "approximate (faiss IVF" in caplog.text
+    assert (tmp_path / "index.csv").read_text() == (tmp_path / "exact.csv").read_text()
 
 
 def test_api_errors_are_clear():
