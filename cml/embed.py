@@ -43,6 +43,7 @@ from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from cml.audio import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
@@ -64,7 +65,8 @@ TRAINING_CROP = 0.0  # --crops without a value (no valid crop is 0): the crop le
 NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
 NORM_SECONDS = 30.0  # seconds read from each of them
 SILENCE_NATS = 0.01  # a log-mel within this of ln(log_offset) everywhere is digital silence
-DEFAULT_WORKERS = min(4, len(os.sched_getaffinity(0)))  # decoding processes: one per core (README, "A whole library")
+CORES = len(os.sched_getaffinity(0))
+DEFAULT_WORKERS = min(8, CORES)  # decoding processes: one per core, the most of the work on CPU (README, "A whole library")
 SKIP_COLUMNS = ["id", "path", "reason"]
 # What can go wrong with one track: decoding (`DECODE_ERRORS`) or a too-short input (ValueError from the encoder).
 TRACK_ERRORS = (*DECODE_ERRORS, ValueError)
@@ -520,8 +522,9 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         tracks = shard.rows(tracks)
         crop_rows = None if args.crop_split is None else (tracks["split"] == args.crop_split).to_numpy()
         crops = Crops(args.crops, rows=crop_rows) if args.crops else None
-        res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds,
-                           not args.quiet and shard.rank == 0, cache, crops, args.workers)
+        with _threads_beside(args.workers):
+            res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds,
+                               not args.quiet and shard.rank == 0, cache, crops, args.workers)
     res.write(files["tracks"])
     if res.crops is not None:
         for name, X in res.crops.X.items():
@@ -530,6 +533,13 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         log.info("embedding cache %s: %d vectors reused, %d files not in it", cache.folder, cache.hits, cache.misses)
     _report(args, files, tracks, res, scan_skipped if shard.rank == 0 else scan_skipped.iloc[:0])
     return 0
+
+
+def _threads_beside(workers: int) -> contextlib.AbstractContextManager:
+    """While `workers` decoding processes (one thread each) take their cores, torch's OpenMP pool (the encoder)
+    and numpy's BLAS (whose idle threads spin, and which the workers inherit) run on the cores left, at least
+    one; both are restored after."""
+    return threadpool_limits(max(1, CORES - workers)) if workers else contextlib.nullcontext()
 
 
 def _split_rows(tracks: pd.DataFrame, split: Optional[str], option: str, source: Optional[str]) -> Optional[np.ndarray]:
@@ -578,8 +588,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--crop-split", metavar="SPLIT", help="with --crops: crop only the tracks of this split (e.g. test)")
     p.add_argument("--only-split", help="with --tracks: embed only the tracks of this split (e.g. test)")
     p.add_argument("--workers", type=non_negative_int, default=DEFAULT_WORKERS,
-                   help=f"processes that decode audio while the encoder runs (0: none; default {DEFAULT_WORKERS}, "
-                        "the CPU cores)")
+                   help=f"processes that decode audio while the encoder runs, on the cores the encoder leaves "
+                        f"(0: none; default {DEFAULT_WORKERS}, the CPU cores up to 8)")
     p.add_argument("--seed", type=int, default=0, help="weights of untrained:VARIANT (and its norm sample)")
     p.add_argument("--params", help="untrained:VARIANT: take the model size and the front end from this file's "
                                    "model and frontend sections")

@@ -213,6 +213,7 @@ def test_cli_round_trip_from_folder(tmp_path, capsys):
 
 
 def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
+    threads = torch.get_num_threads()
     cfg = EncoderConfig(variant="rope2d", **TINY)
     model = untrained_encoder(cfg, seed=5)
     ckpt = save_checkpoint(tmp_path / "model.pt", model=model, optimizer=None, scheduler=None, epoch=1, step=1,
@@ -231,6 +232,7 @@ def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
     crops = tmp_path / "crops.parquet"
     assert _run(["embed", str(ckpt), "--tracks", str(tmp_path / "tracks.csv"), "--out", str(crops), "--quiet",
                  "--crops", "0.5", "--crop-split", "test", "--workers", "2"]) == 0
+    assert torch.get_num_threads() == threads  # the encoder's share of the cores is given back
     np.testing.assert_array_equal(read_feature_table(crops).X, written.X)  # the same worker processes: the same vectors
     for name in ("1x", "2x", "4x", "8x", "full"):
         part = read_feature_table(tmp_path / f"crops.{name}.parquet")
