@@ -4,7 +4,7 @@
 embeddings, the handcrafted baseline, a Spotify CSV): trained on the train split, scored on the held-out test
 split. `score_space` adds the scores over more tracks; `cml evaluate` and the Compare notebook both call it,
 so a key means the same everywhere. `length_extrapolation` scores the crop embeddings of
-`cml.embed.crop_embeddings`.
+`cml embed --crops` (`cml.embed.Crops`).
 """
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def _with_notes(out: dict, notes: dict[str, str]) -> dict:
 
 def length_extrapolation(X_train: np.ndarray, y_train: np.ndarray, crops: Mapping[str, np.ndarray],
                          y_test: np.ndarray, k: int = 5, seed: int = 0) -> pd.DataFrame:
-    """One row per crop: how the test tracks score when embedded from that crop (see `cml.embed.crop_embeddings`).
+    """One row per crop: how the test tracks score when embedded from that crop (see `cml.embed.Crops`).
 
     The k-NN and linear probe are fitted once on the train split's reference embeddings (full tracks)
     and applied to each crop's test embeddings, so a model whose embedding does not drift with input

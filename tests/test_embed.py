@@ -165,7 +165,7 @@ def test_seconds_frames_and_the_centre_are_written_once():
     assert int(centre_offset(11, 4)) == 3  # frames: the earlier of two middles, as (11 - 4) // 2
 
 
-def test_crop_embeddings(encoder, tracks):
+def test_crops_come_from_the_same_log_mel_as_the_track_embedding(encoder, tracks):
     norm = Normalizer(-5.0, 4.0)
     both = embed_tracks(encoder, MelConfig(), norm, tracks, crops=Crops(0.5, (1, 2, 8)), progress=False)
     res, full = both.crops, both.X
