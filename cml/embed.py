@@ -227,11 +227,7 @@ def embed_tracks(
     with _eval_mode(encoder) as device:
         for j, x in logmels:
             i = todo[j]
-            if isinstance(x, str):  # the reason it could not be decoded
-                _skip(skipped, tracks.iloc[i], x)
-                found.pop(i, None)
-                continue
-            unusable = _unusable(tracks.iloc[i], x, mel_config)
+            unusable = x if isinstance(x, str) else _unusable(tracks.iloc[i], x, mel_config)  # str: not decoded
             if unusable:
                 _skip(skipped, tracks.iloc[i], unusable)
                 found.pop(i, None)
@@ -283,6 +279,7 @@ class _TrackBatch:
     `Encoder.embed_chunked`, so a vector does not depend on its neighbours (bit for bit across shards)."""
 
     WINDOWS = 64  # windows per encoder call, as in `Encoder.embed_chunked`
+    TRACKS = 64  # tracks a GPU batch gathers before the encoder runs
 
     def __init__(self) -> None:
         self.rows: list[int] = []
@@ -293,13 +290,13 @@ class _TrackBatch:
         self.logmels.append(x)
 
     def full(self, device: torch.device) -> bool:
-        return bool(self.rows) and (device.type != "cuda" or len(self.rows) >= self.WINDOWS)
+        return bool(self.rows) and (device.type != "cuda" or len(self.rows) >= self.TRACKS)
 
     def embed(self, encoder: Encoder, window: Optional[int], mel_config: MelConfig, tracks: pd.DataFrame,
               skipped: list[dict], cache: Optional[EmbeddingCache], paths: list[str]) -> dict[int, tuple[np.ndarray, float]]:
         """Row -> (embedding, seconds embedded) of every finite result (cached), the others skipped; empties the batch."""
         rows, logmels, self.rows, self.logmels = self.rows, self.logmels, [], []
-        windows = [chunk_windows(x, window or x.shape[-1], max(1, (window or 1) // 2))[0] for x in logmels]  # (W, M, L)
+        windows = [(chunk_windows(x, window, max(1, window // 2)) if window else x[:, None])[0] for x in logmels]  # (W, M, L)
         vectors: dict[int, torch.Tensor] = {}
         for length in sorted({w.shape[-1] for w in windows}):  # one encoder pass per window length
             members = [k for k, w in enumerate(windows) if w.shape[-1] == length]
