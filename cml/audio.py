@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import soundfile as sf
@@ -127,6 +128,10 @@ def iter_blocks(path: str | os.PathLike, block_seconds: float, sample_rate: int)
 
 
 FRAME_CHUNK = 128  # log-mel frames per FFT batch: a chunk's spectrogram fits the CPU cache
+COMPRESSIONS = {  # mel power -> features
+    "ln": lambda power, config: torch.log(power + config.log_offset),
+    "log10_1p_1e4": lambda power, config: torch.log10(1 + 10000 * power),
+}
 
 
 @dataclass(frozen=True)
@@ -138,10 +143,22 @@ class MelConfig:
     #   ~130 Hz up; a 25 ms window (400, 40 Hz bins) blurs them below ~700 Hz, where most melodies and
     #   all bass lines lie, and the encoders learned less style from it (README, "What changed the numbers")
     hop_length: int = 160  # 10 ms hop: 100 frames per second
-    n_mels: int = 64  # mel bands (HTK scale)
+    n_mels: int = 64  # mel bands
     f_min: float = 30.0  # Hz; below is rumble and DC offset, not music
     f_max: float = 8000.0  # Hz; Nyquist at 16 kHz
     log_offset: float = 1e-6  # features are ln(mel power + log_offset): digital silence -> about -13.8
+    mel_scale: str = "htk"  # or "slaney" (librosa's default), for models trained on that front end
+    mel_norm: Optional[str] = None  # or "slaney": each triangle scaled to unit area
+    compression: str = "ln"  # ln(power + log_offset); "log10_1p_1e4": log10(1 + 10000 power), musicnn's
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {sorted(COMPRESSIONS)}, got {self.compression!r}")
+
+    @property
+    def floor(self) -> float:
+        """The feature value of zero power (digital silence)."""
+        return float(COMPRESSIONS[self.compression](torch.zeros(()), self))
 
     def frames(self, seconds: float) -> int:
         """Log-mel frames in `seconds` of audio: the one seconds -> frames conversion."""
@@ -158,10 +175,10 @@ def centre_offset(total: float, length: float) -> float:
 
 
 class LogMel(torch.nn.Module):
-    """Natural-log mel power spectrogram: (..., n) waveform -> (..., n_mels, 1 + n // hop_length).
+    """Log mel power spectrogram: (..., n) waveform -> (..., n_mels, 1 + n // hop_length).
 
-    The numbers of torchaudio's `MelSpectrogram` (Hann window, power 2, HTK mel scale, no filterbank
-    norm; tested equal), then ln(power + log_offset); the power is re^2 + im^2, which skips the square
+    The numbers of torchaudio's `MelSpectrogram` (Hann window, power 2, the config's mel scale and
+    filterbank norm; tested equal), then ln(power + log_offset) (or the config's compression); the power is re^2 + im^2, which skips the square
     root and the square of |z|^2 on the 1025 x frames spectrogram of the 2048-point STFT. Frames are
     centred (frame t covers t * hop_length +- n_fft / 2) with zero padding at both ends rather than
     reflection, so any length works and a track computed block by block (`track_logmel`) is the same
@@ -173,7 +190,8 @@ class LogMel(torch.nn.Module):
         self.config = config
         self.register_buffer("window", torch.hann_window(config.n_fft), persistent=False)
         fbank = torchaudio.functional.melscale_fbanks(config.n_fft // 2 + 1, config.f_min, config.f_max,
-                                                      config.n_mels, config.sample_rate, norm=None, mel_scale="htk")
+                                                      config.n_mels, config.sample_rate, norm=config.mel_norm,
+                                                      mel_scale=config.mel_scale)
         self.register_buffer("fbank", fbank, persistent=False)  # (n_fft / 2 + 1, n_mels)
 
     def frames(self, wave: torch.Tensor) -> torch.Tensor:
@@ -186,7 +204,8 @@ class LogMel(torch.nn.Module):
         lead = wave.shape[:-1]
         windows = wave.reshape(-1, wave.shape[-1]).unfold(-1, self.config.n_fft, self.config.hop_length)  # (B, T, n_fft)
         mel = torch.cat([self._mel_power(chunk) for chunk in windows.split(FRAME_CHUNK, dim=1)], dim=1)  # (B, T, n_mels)
-        return torch.log(mel + self.config.log_offset).transpose(-1, -2).reshape(*lead, self.config.n_mels, -1)
+        features = COMPRESSIONS[self.config.compression](mel, self.config)
+        return features.transpose(-1, -2).reshape(*lead, self.config.n_mels, -1)
 
     def _mel_power(self, windows: torch.Tensor) -> torch.Tensor:
         """(..., T, n_fft) waveform windows -> (..., T, n_mels) mel power."""

@@ -21,9 +21,10 @@ over from a track table, so `cml evaluate` can use the file on its own.
 Failures never stop a run: a track that cannot be decoded, is shorter than one token or gives a
 non-finite embedding is skipped with a one-line reason (`Embedded.skipped`, and `--skipped FILE`).
 
-MODEL on the command line is a checkpoint path, or `untrained:VARIANT` for the random-init baseline
+MODEL on the command line is a checkpoint path, `untrained:VARIANT` for the random-init baseline
 (architecture: `EncoderConfig` defaults, changed with `--set dim=64 --set depth=2 ...`, weights from
-`--seed`). An untrained model has no stored input standardisation, so its `Normalizer` is measured
+`--seed`), or `musicnn[:MODEL[:LAYER]]` for the pretrained tagger baseline (`cml.musicnn`: its own front
+end, and its 3 s training patch as the window, half-overlapping like the encoders' windows). An untrained model has no stored input standardisation, so its `Normalizer` is measured
 on the log-mels of (at most 16 of) the tracks to embed, the training split when there is one: a global
 mean and std, no labels involved, the same kind of constants a checkpoint stores.
 """
@@ -49,6 +50,7 @@ from tqdm.auto import tqdm
 from cml.audio import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
 from cml.checkpoint import Normalizer, load_encoder, process_device, read_checkpoint, untrained_encoder
 from cml.model import Encoder, EncoderConfig, chunk_windows
+from cml.musicnn import MUSICNN_MEL, PATCH_FRAMES, Musicnn, MusicnnConfig, load_musicnn, weights_sha256
 from cml.embed_cache import EmbeddingCache, default_folder, model_key
 from cml.errors import CmlError, UsageError, check_input_file, check_output, non_negative_int, one_line, positive
 from cml.scan import length_slack, scan_audio
@@ -58,13 +60,14 @@ log = logging.getLogger(__name__)
 
 MODES = ("full", "chunked")
 UNTRAINED = "untrained:"  # MODEL prefix of the random-init baseline
+MUSICNN = "musicnn"  # MODEL of the pretrained baseline: musicnn[:MODEL[:LAYER]]
 WINDOW_CROPS = 8  # the default window of the track embedding, in training crops
 DEFAULT_CROP_SECONDS = 4.0  # the recipe's training crop (TrainConfig.crop_seconds), for a model without one (untrained)
 CROP_MULTIPLES = (1, 2, 4, 8, 16, 32, 64)  # up to 4.3 min at the 4 s default crop: real tracks run for minutes
 TRAINING_CROP = 0.0  # --crops without a value (no valid crop is 0): the crop length the checkpoint was trained on
 NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardisation
 NORM_SECONDS = 30.0  # seconds read from each of them
-SILENCE_NATS = 0.01  # a log-mel within this of ln(log_offset) everywhere is digital silence
+SILENCE_MARGIN = 0.01  # a log-mel within this of the front end's floor everywhere is digital silence
 CORES = len(os.sched_getaffinity(0))
 DEFAULT_WORKERS = min(8, CORES)  # decoding processes: one per core, the most of the work on CPU (README, "A whole library")
 SKIP_COLUMNS = ["id", "path", "reason"]
@@ -261,7 +264,7 @@ def embed_tracks(
 def _unusable(row, x: torch.Tensor, mel_config: MelConfig) -> Optional[str]:
     """Why a decoded log-mel should not be embedded (None if it may): digital silence, or less audio than the
     header promised (a scan of headers only, `cml embed AUDIO_DIR`, leaves truncation to be found here)."""
-    if x.shape[-1] and float(x.max()) <= math.log(mel_config.log_offset) + SILENCE_NATS:
+    if x.shape[-1] and float(x.max()) <= mel_config.floor + SILENCE_MARGIN:
         return "silent: no signal above the log-mel floor"
     header, fmt, rate = (row.get(key) for key in ("duration", "format", "sample_rate"))
     if isinstance(fmt, str) and pd.notna(header) and pd.notna(rate):
@@ -396,11 +399,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, object]:
 
 def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None, device: str | torch.device = "cpu",
                frontend: MelConfig = MelConfig()) -> tuple[Encoder, MelConfig, Optional[Normalizer]]:
-    """A checkpoint path, or `untrained:VARIANT` (random init from `seed`, EncoderConfig + `overrides`).
+    """A checkpoint path, `untrained:VARIANT` (random init from `seed`, EncoderConfig + `overrides`) or
+    `musicnn[:MODEL[:LAYER]]` (the pretrained tagger, its own front end; it standardises its input itself).
 
     The untrained model comes with the `frontend` log-mel (the encoder takes its n_mels) and no Normalizer:
     measure one with `estimate_normalizer`. A checkpoint's architecture and front end are never overridden.
     """
+    if spec == MUSICNN or spec.startswith(MUSICNN + ":"):
+        if overrides:
+            raise ValueError("--set only applies to untrained:VARIANT; musicnn brings its own architecture")
+        return load_musicnn(spec[len(MUSICNN) + 1:], device), MUSICNN_MEL, Normalizer()
     if spec.startswith(UNTRAINED):
         cfg = EncoderConfig(**{"n_mels": frontend.n_mels, **(overrides or {}), "variant": spec[len(UNTRAINED):]})
         return untrained_encoder(cfg, seed).to(device), frontend, None
@@ -470,25 +478,47 @@ def _outputs(args: argparse.Namespace, shard: Shard) -> dict[str, Path]:
     return {name: check_output(part_path(f, *shard)) for name, f in files.items()}
 
 
+def study_musicnn(params_file: Optional[str]) -> str:
+    """`musicnn:MODEL:LAYER` of a params file's `musicnn` section (the defaults without one)."""
+    from cml.params import load_config, load_params
+
+    has = params_file and "musicnn" in load_params(params_file)
+    cfg = load_config(params_file, "musicnn", MusicnnConfig) if has else MusicnnConfig()
+    return f"{MUSICNN}:{cfg.model}:{cfg.layer}"
+
+
 def _model(args: argparse.Namespace, device: torch.device) -> tuple[Encoder, MelConfig, Optional[Normalizer], Optional[float]]:
     """The encoder, its front end and standardisation (None: untrained) and training crop (None: untrained)."""
     untrained = args.model.startswith(UNTRAINED)
     model, frontend = study_model(args.params) if untrained else ({}, MelConfig())
+    spec = study_musicnn(args.params) if args.model == MUSICNN else args.model
     try:
         overrides = {**model, **parse_overrides(args.set)} if untrained else parse_overrides(args.set)
-        encoder, mel_config, normalizer = load_model(args.model, args.seed, overrides, device, frontend)
+        encoder, mel_config, normalizer = load_model(spec, args.seed, overrides, device, frontend)
     except (TypeError, ValueError) as err:
         if isinstance(err, CmlError):
             raise
         raise UsageError(f"{args.model}: {one_line(err)}") from err
-    training_crop = None if untrained else read_checkpoint(args.model)["train_config"].get("crop_seconds")
+    trained = not untrained and not isinstance(encoder, Musicnn)
+    training_crop = read_checkpoint(args.model)["train_config"].get("crop_seconds") if trained else None
     return encoder, mel_config, normalizer, training_crop
+
+
+def _window_seconds(args: argparse.Namespace, encoder: Encoder | Musicnn, training_crop: Optional[float]) -> float:
+    """--window-seconds, else 8 training crops of an encoder, or musicnn's training patch (VGG takes nothing else)."""
+    if not isinstance(encoder, Musicnn):
+        return args.window_seconds or WINDOW_CROPS * float(training_crop or DEFAULT_CROP_SECONDS)
+    if encoder.cfg.arch == "vgg" and (args.window_seconds or args.mode == "full"):
+        raise UsageError(f"{args.model}: the VGG taggers take {PATCH_FRAMES}-frame patches only "
+                         "(no --window-seconds, no --mode full)")
+    return args.window_seconds or MUSICNN_MEL.seconds(PATCH_FRAMES)
 
 
 def _cache_key(args: argparse.Namespace, encoder: Encoder, mel_config: MelConfig, normalizer: Normalizer,
                window_seconds: float) -> str:
     """The embedding cache's key of this model and these settings."""
-    settings = {"encoder": dataclasses.asdict(encoder.cfg), "frontend": dataclasses.asdict(mel_config),
+    weights = {"weights": weights_sha256(encoder.cfg.model)} if isinstance(encoder, Musicnn) else {}
+    settings = {"encoder": dataclasses.asdict(encoder.cfg), **weights, "frontend": dataclasses.asdict(mel_config),
                 "norm": normalizer.to_dict(), "mode": args.mode, "max_seconds": args.max_seconds,
                 "window_seconds": window_seconds if args.mode == "chunked" else None, "seed": args.seed}
     return model_key(args.model, settings)
@@ -505,7 +535,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         if training_crop is None:
             raise UsageError(f"--crops needs CROP_SECONDS with {args.model} (it has no training crop)")
         args.crops = float(training_crop)
-    window_seconds = args.window_seconds or WINDOW_CROPS * float(training_crop or DEFAULT_CROP_SECONDS)
+    window_seconds = _window_seconds(args, encoder, training_crop)
     tracks, scan_skipped = _read_tracks(args)
     _split_rows(tracks, args.crop_split, "--crop-split", args.tracks)  # checked on the whole table: a shard may hold none
     with contextlib.nullcontext() if args.no_cache else EmbeddingCache(args.cache or default_folder()) as cache:
@@ -568,7 +598,8 @@ def _report(args: argparse.Namespace, files: dict[str, Path], tracks: pd.DataFra
 def register_cli(subparsers) -> None:
     """Add `cml embed MODEL (AUDIO_DIR | --tracks tracks.csv) --out FILE`."""
     p = subparsers.add_parser("embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="checkpoint path, or untrained:VARIANT for the random-init baseline")
+    p.add_argument("model", help="checkpoint path, untrained:VARIANT for the random-init baseline, or "
+                                 "musicnn[:MODEL[:LAYER]] for the pretrained tagger (e.g. musicnn:MTT_vgg:pool5)")
     p.add_argument("audio_dir", nargs="?", help="folder of audio, recursive; label = first sub-folder")
     p.add_argument("--tracks", help="track table (CSV with id, path, [label, split]) instead of AUDIO_DIR")
     p.add_argument("--out", required=True, help="feature table to write (.parquet; .csv also works)")
@@ -589,7 +620,7 @@ def register_cli(subparsers) -> None:
                         f"(0: none; default {DEFAULT_WORKERS}, the CPU cores up to 8)")
     p.add_argument("--seed", type=int, default=0, help="weights of untrained:VARIANT (and its norm sample)")
     p.add_argument("--params", help="untrained:VARIANT: take the model size and the front end from this file's "
-                                   "model and frontend sections")
+                                   "model and frontend sections; musicnn: the model and layer from its musicnn section")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="untrained:VARIANT: override an EncoderConfig field (repeatable), e.g. --set dim=64")
     p.add_argument("--cache", metavar="DIR", help="embedding cache: unchanged files are not decoded again "

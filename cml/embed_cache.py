@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 DB_NAME = "embeddings.sqlite"
 # the modules whose code decides a vector: a change to any of them is a new model key
-CODE_MODULES = ("cml.audio", "cml.audiofile", "cml.checkpoint", "cml.embed", "cml.model", "cml.positional")
+CODE_MODULES = ("cml.audio", "cml.audiofile", "cml.checkpoint", "cml.embed", "cml.model", "cml.musicnn",
+                "cml.positional")
 COMMIT_EVERY = 64  # entries between commits (a crash loses at most these, never the file)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT);

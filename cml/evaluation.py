@@ -265,8 +265,9 @@ def score_runs(embeddings_dir: str | Path, variants: Sequence[str], seeds: Seque
     """The Compare table: one row per scored space, columns model, kind, seed and `score_table`'s scores.
 
     Each variant's trained runs (``<embeddings_dir>/<variant>-s<seed>/tracks.parquet``, kind contrastive)
-    and its untrained encoder (``untrained-<variant>``, kind untrained, seed 0); last the handcrafted
-    baseline (kind baseline, its columns z-scored: they mix units).
+    and its untrained encoder (``untrained-<variant>``, kind untrained, seed 0); then the baselines (kind
+    baseline): the pretrained tagger (``musicnn``, as embedded) and the handcrafted features (z-scored: they
+    mix units).
     """
     root, rows = Path(embeddings_dir), []
     for variant in variants:
@@ -275,6 +276,8 @@ def score_runs(embeddings_dir: str | Path, variants: Sequence[str], seeds: Seque
                          **score_table(root / f"{variant}-s{s}" / "tracks.parquet", tracks, k, seed)})
         rows.append({"model": variant, "kind": "untrained", "seed": 0,
                      **score_table(root / f"untrained-{variant}" / "tracks.parquet", tracks, k, seed)})
+    rows.append({"model": "musicnn", "kind": "baseline", "seed": 0,
+                 **score_table(root / "musicnn" / "tracks.parquet", tracks, k, seed)})
     rows.append({"model": "handcrafted", "kind": "baseline", "seed": 0,
                  **score_table(handcrafted, tracks, k, seed, standardised=True)})
     return pd.DataFrame(rows)

@@ -24,12 +24,13 @@ def sections() -> dict[str, type]:
     from cml.evaluation import EvaluateConfig
     from cml.features import DataAnalysisConfig, FeaturesConfig
     from cml.model import EncoderConfig
+    from cml.musicnn import MusicnnConfig
     from cml.playlist import PlaylistsConfig
     from cml.train import TrainConfig
 
     return {"study": Study, "frontend": MelConfig, "corpus": CorpusConfig, "tracks": TracksConfig,
             "features": FeaturesConfig, "data_analysis": DataAnalysisConfig, "model": EncoderConfig,
-            "train": TrainConfig, "evaluate": EvaluateConfig, "cluster_testing": ClusterTestingConfig,
+            "train": TrainConfig, "musicnn": MusicnnConfig, "evaluate": EvaluateConfig, "cluster_testing": ClusterTestingConfig,
             "playlists": PlaylistsConfig}
 
 
