@@ -37,7 +37,7 @@ soundtracks: setup data  ## benchmark on real recordings (Debian's game soundtra
 	@echo "results: dvc exp show --only-changed (params and metrics of every experiment), outputs/evaluate/"
 	@echo "params.yaml and outputs/ now hold experiment soundtracks; back: git checkout params.yaml && dvc checkout"
 
-# The pretraining pool: the free music of eleven other Debian packages (266 recordings >= 30 s, 13 h), never a
+# The pretraining pool: the free music of eleven other Debian packages (269 recordings >= 30 s, 13.2 h), never a
 # benchmark package's. The .deb files go to $CML_DEB_CACHE (~/.cache/cml/debs), the pool outside the repository;
 # an interrupted build resumes where it stopped.
 POOL_DIR ?= $(HOME)/.cache/cml/pool

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import soundfile as sf
 
 from cml.errors import CmlError, UsageError, check_output, count, one_line
 from cml.soundtracks import (
@@ -65,7 +66,7 @@ POOL: dict[str, PoolPackage] = {p.package: p for p in [
     PoolPackage("nexuiz-music", "2.5.2-12", "./usr/share/games/nexuiz/data/music.pk3", "GPL-2+",
                 inner="sound/cdtracks/"),
     PoolPackage("supertuxkart-data", "1.4+dfsg-2", "./usr/share/games/supertuxkart/data/music",
-                "CC-BY-SA-3.0/4.0, GPL-3+", repeats=(("overworld", "snowmountain"),), variant_suffixes=_STK_FAST),
+                "CC-BY-SA-3.0/4.0, GPL-3+, GPL", repeats=(("overworld", "snowmountain"),), variant_suffixes=_STK_FAST),
     PoolPackage("flare-game", "1.14-1", "./usr/share/games/flare/mods/fantasycore/music", "CC-BY-SA-3.0+"),
     PoolPackage("redeclipse-data", "1.6.0-1", "./usr/share/games/redeclipse/data/sounds/music", "CC-BY-SA-3.0"),
     PoolPackage("asc-music", "1.3-6", "./usr/share/games/asc/music", "GPL-2+", files="*.mp3"),
@@ -222,12 +223,13 @@ def finished_rows(out_dir: Path) -> dict[str, dict]:
     return rows
 
 
-def is_finished(track: PoolTrack, row: dict | None, out_dir: Path) -> bool:
-    """True when an earlier build made this track's FLAC from the same source, and the FLAC is still intact."""
-    if row is None or row.get("source_sha256") != track.source_sha256:
+def is_finished(track: PoolTrack, row: dict | None, out_dir: Path, sample_rate: int, min_duration: float) -> bool:
+    """True when an earlier build made this track's FLAC from the same source, at this sample rate and long enough
+    for this build, and the FLAC is still intact."""
+    if row is None or row.get("source_sha256") != track.source_sha256 or float(row["duration"]) < min_duration:
         return False
     flac = out_dir / row["path"]
-    return flac.is_file() and sha256_file(flac) == row["sha256"]
+    return flac.is_file() and sf.info(flac).samplerate == sample_rate and sha256_file(flac) == row["sha256"]
 
 
 def package_tracks(deb: Path, spec: PoolPackage, tmp: Path, out_dir: Path) -> tuple[list[PoolTrack], list[dict]]:
@@ -266,7 +268,7 @@ def build_pool(out_dir: str | Path, specs: list[PoolPackage] | None = None, samp
         todo = []
         for track in tracks:
             row = earlier.get(track.id)
-            if is_finished(track, row, out_dir):
+            if is_finished(track, row, out_dir, sample_rate, min_duration):
                 rows.append(_row(track, row["path"], row["duration"], row["sha256"]))
             else:
                 todo.append(track)

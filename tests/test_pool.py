@@ -180,6 +180,20 @@ def test_a_track_whose_source_changed_is_transcoded_again(built, tmp_path, monke
     assert files_of(tmp_path) == files_of(built[1])
 
 
+def test_another_sample_rate_or_a_longer_minimum_transcodes_again(built, tmp_path, monkeypatch):
+    build(tmp_path)
+    done: list[str] = []
+    interrupt_after(monkeypatch, 99, done)
+    table = build_pool(tmp_path, SPECS, sample_rate=22050, workers=1, progress=False, min_duration=31.5)
+    assert len(done) == 7  # nothing kept: every FLAC was at 16 kHz
+    assert table["id"].tolist() == ["delta-data__sub-b", "gamma-music__snow"]  # 34 s and 32 s
+    assert {sf.info(tmp_path / path).samplerate for path in table["path"]} == {22050}
+    done.clear()
+    table = build_pool(tmp_path, SPECS, sample_rate=22050, workers=1, progress=False, min_duration=32.5)
+    assert table["id"].tolist() == ["delta-data__sub-b"] and "delta-data__sub-b" not in done  # kept as it was
+    assert "gamma-music__snow" in done and not (tmp_path / "audio/gamma-music").exists()  # now too short
+
+
 def test_a_build_of_fewer_packages_leaves_only_their_files(built, tmp_path):
     build(tmp_path)
     table = build_pool(tmp_path, [GAMMA], progress=False)
