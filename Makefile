@@ -41,7 +41,7 @@ soundtracks: setup data  ## benchmark on real recordings (Debian's game soundtra
 # benchmark package's. The .deb files go to $CML_DEB_CACHE (~/.cache/cml/debs), the pool outside the repository;
 # an interrupted build resumes where it stopped.
 POOL_DIR ?= $(HOME)/.cache/cml/pool
-pool: setup  ## fetch and transcode the pretraining pool into POOL_DIR: about 11 min on 2 cores, 3.9 GB of .deb files
+pool: setup  ## fetch and transcode the pretraining pool into POOL_DIR: about 10 min on 2 cores, 3.9 GB of .deb files
 	cml pool fetch
 	cml pool build --out $(POOL_DIR)
 
