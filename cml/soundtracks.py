@@ -17,7 +17,8 @@ whatever the number of workers.
 Why 16 kHz mono FLAC and not the Ogg files as they are: the pipeline's front end works at 16 kHz mono, and
 decoding 44.1/48 kHz Vorbis again in every stage that reads audio is what makes a real library slow.
 
-This module does not use ``cml.audio`` (the front end): the corpus stage must not depend on it.
+This module does not use ``cml.audio`` (the front end): the corpus stage must not depend on it. The pretraining
+pool (`cml.pool`) is built with its .deb cache, fetching, extraction and transcoding.
 """
 from __future__ import annotations
 
