@@ -19,6 +19,7 @@ from cml.errors import CmlError, one_line
 COMMANDS = {
     "corpus": ("corpus", "build the corpus as labelled FLAC files: rendered music21 scores, or real soundtracks"),
     "soundtracks": ("soundtracks", "fetch the Debian packages of the soundtracks corpus (corpus.source: soundtracks)"),
+    "pool": ("pool", "fetch and build the pretraining pool: free music from eleven Debian packages, not the benchmark's"),
     "scan": ("scan", "find usable audio files and report the ones skipped"),
     "tracks": ("dataset", "build the track table (audio source, labels, split, skip report)"),
     "features": ("features", "handcrafted descriptors and the MFCC/chroma/contrast baseline per track"),

@@ -17,7 +17,8 @@ whatever the number of workers.
 Why 16 kHz mono FLAC and not the Ogg files as they are: the pipeline's front end works at 16 kHz mono, and
 decoding 44.1/48 kHz Vorbis again in every stage that reads audio is what makes a real library slow.
 
-This module does not use ``cml.audio`` (the front end): the corpus stage must not depend on it.
+This module does not use ``cml.audio`` (the front end): the corpus stage must not depend on it. The pretraining
+pool (`cml.pool`) is built with its .deb cache, fetching, extraction and transcoding.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,31 +104,36 @@ def deb_fields(path: Path) -> tuple[str, str] | None:
     return fields["Package"], fields["Version"]
 
 
-def find_deb(spec: Soundtrack, cache: Path) -> Path | None:
+def find_deb(package: str, version: str, cache: Path) -> Path | None:
     """The cached .deb of exactly this package and version, checked by its control file, not its name
     (apt names ``2:1.1-3`` ``2%3a1.1-3``; a file of another version may sit beside it)."""
-    for path in sorted(cache.glob(f"{spec.package}_*.deb")):
-        if deb_fields(path) == (spec.package, spec.version):
+    for path in sorted(cache.glob(f"{package}_*.deb")):
+        if deb_fields(path) == (package, version):
             return path
     return None
 
 
 def fetch(label: str) -> Path:
-    """The .deb of a soundtrack, fetched into the cache when it is not there yet.
+    """The .deb of a soundtrack, fetched into the cache when it is not there yet."""
+    spec = SOUNDTRACKS[label]
+    return fetch_deb(spec.package, spec.version)
+
+
+def fetch_deb(package: str, version: str) -> Path:
+    """The .deb of exactly `package` at `version`, fetched into the cache when it is not there yet.
 
     ``apt-get download`` needs no root, only an apt source that has the pinned version (Debian 12
     bookworm main). Any failure is one CmlError line naming the package and the command to run by hand.
     """
-    spec = SOUNDTRACKS[label]
     cache = deb_cache()
-    found = find_deb(spec, cache) if cache.is_dir() else None
+    found = find_deb(package, version, cache) if cache.is_dir() else None
     if found:
         return found
-    pinned = f"{spec.package}={spec.version}"
+    pinned = f"{package}={version}"
     cmd = [*FETCH_COMMAND, pinned]
     by_hand = f"mkdir -p {shlex.quote(str(cache))} && cd {shlex.quote(str(cache))} && {shlex.join(cmd)}"
     hint = f"fetch it by hand (needs an apt source with Debian 12 bookworm main): {by_hand}"
-    log.info("%s: fetching %s into %s", label, pinned, cache)
+    log.info("fetching %s into %s", pinned, cache)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(cmd, cwd=cache, capture_output=True, text=True)
@@ -137,26 +144,32 @@ def fetch(label: str) -> Path:
         errors = [line for line in lines if line.startswith("E:")] or lines  # apt warns (W:) after its error
         reason = one_line(errors[-1])[:200] if errors else f"exit code {proc.returncode}"
         raise CmlError(f"cannot fetch {pinned}: {shlex.join(cmd)} failed: {reason}; {hint}")
-    found = find_deb(spec, cache)
+    found = find_deb(package, version, cache)
     if not found:
         raise CmlError(f"cannot fetch {pinned}: {shlex.join(cmd)} left no .deb of that version in {cache}; {hint}")
     return found
 
 
 def extract_music(deb: Path, spec: Soundtrack, dest: Path) -> None:
-    """Extract the music folders of a .deb into `dest`: ``dpkg-deb --fsys-tarfile | tar -x`` with the folders
-    as member patterns, so only the music is written. A folder the .deb lacks is an error (tar says which)."""
+    """Extract the music folders of a soundtrack's .deb into `dest`."""
+    extract_members(deb, spec.package, spec.folders, dest)
+
+
+def extract_members(deb: Path, package: str, patterns: tuple[str, ...], dest: Path) -> None:
+    """Extract the members of a .deb that match `patterns` into `dest`: ``dpkg-deb --fsys-tarfile | tar -x``
+    with the patterns as member names, so only those are written (not the whole 1 GB of game data). A
+    pattern the .deb lacks is an error (tar says which)."""
     dpkg = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         tar = _run(["tar", "-x", "-C", str(dest), "--no-same-owner", "--wildcards", "--no-wildcards-match-slash",
-                    *spec.folders], "extracting a .deb", stdin=dpkg.stdout, text=True)
+                    *patterns], "extracting a .deb", stdin=dpkg.stdout, text=True)
     finally:
         dpkg.stdout.close()
         dpkg_err = dpkg.stderr.read().decode(errors="replace")
         dpkg.wait()
     if dpkg.returncode or tar.returncode:
         reason = one_line(dpkg_err if dpkg.returncode else tar.stderr)[:300]
-        raise CmlError(f"cannot extract the music of {deb} ({spec.package}): {reason}")
+        raise CmlError(f"cannot extract the music of {deb} ({package}): {reason}")
 
 
 @dataclass(frozen=True)
@@ -187,18 +200,27 @@ def list_tracks(label: str, root: Path) -> list[Track]:
     return tracks
 
 
-def drop_duplicates(tracks: list[Track]) -> tuple[list[Track], list[dict]]:
-    """(tracks, skip rows): of files with identical bytes only the first by id is kept. Why: one recording
-    under two names (widelands ships menu.ogg again as ingame_14.ogg) could land in train and test, and a
-    nearest-neighbour score would count the copy as a hit."""
-    first: dict[str, Track] = {}
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in blocks (a track can be tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def drop_duplicates(tracks: list, digest=lambda track: sha256_file(track.file)) -> tuple[list, list[dict]]:
+    """(tracks, skip rows): of tracks (with .id, .file, .source) whose files have identical bytes only the first
+    by id is kept. Why: one recording under two names (widelands ships menu.ogg again as ingame_14.ogg) could
+    land in train and test, and a nearest-neighbour score would count the copy as a hit."""
+    first: dict[str, object] = {}
     kept, skipped = [], []
     for track in sorted(tracks, key=lambda t: t.id):
-        digest = hashlib.sha256(track.file.read_bytes()).hexdigest()
-        if digest in first:
-            skipped.append({"source": track.source, "reason": f"same file as {first[digest].id}"})
+        key = digest(track)
+        if key in first:
+            skipped.append({"source": track.source, "reason": f"same file as {first[key].id}"})
         else:
-            first[digest] = track
+            first[key] = track
             kept.append(track)
     return kept, skipped
 
@@ -221,7 +243,9 @@ def transcode(src: Path, dst: Path, sample_rate: int) -> int:
     if peak > 1.0:
         mono = mono / peak
     dst.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(dst, mono, sample_rate, format="FLAC", subtype="PCM_16")
+    part = dst.with_name(dst.name + ".part")  # renamed when complete: an interrupted write leaves no FLAC
+    sf.write(part, mono, sample_rate, format="FLAC", subtype="PCM_16")
+    os.replace(part, dst)
     return len(mono)
 
 
@@ -237,6 +261,19 @@ def _transcode_task(task: tuple[Track, Path, int]) -> dict:
         return {"source": track.source, "reason": one_line(reason)[:300]}
     return {"id": track.id, "path": dst.relative_to(out_dir).as_posix(), "label": track.label,
             "title": track.file.stem, "duration": round(n / sample_rate, 3), "source": track.source}
+
+
+def run_tasks(func, tasks: list, workers: int, desc: str, progress: bool) -> Iterator:
+    """`func` over `tasks`, results in the order they finish, with a progress bar; in `workers` spawned processes
+    when there is more than one task (the results must not depend on the order)."""
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(tasks) > 1 else None
+    try:
+        results = pool.imap_unordered(func, tasks) if pool else map(func, tasks)
+        yield from tqdm(results, total=len(tasks), desc=desc, unit="track", disable=not progress)
+    finally:
+        if pool:
+            pool.terminate()  # after the last result nothing is left to run; on an error, stop the rest
+            pool.join()
 
 
 def build_soundtracks(labels: list[str], out_dir: str | Path, sample_rate: int = 16000, workers: int = 2,
@@ -263,19 +300,12 @@ def build_soundtracks(labels: list[str], out_dir: str | Path, sample_rate: int =
         skipped += duplicates
         tracks.sort(key=lambda t: (-t.file.stat().st_size, t.id))
         tasks = [(track, out_dir, sample_rate) for track in tracks]
-        pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 and len(tasks) > 1 else None
-        try:
-            results = pool.imap_unordered(_transcode_task, tasks) if pool else map(_transcode_task, tasks)
-            for result in tqdm(results, total=len(tasks), desc="soundtracks", unit="track", disable=not progress):
-                if "reason" in result:
-                    log.info("skip %s: %s", result["source"], result["reason"])
-                    skipped.append(result)
-                else:
-                    rows.append(result)
-        finally:
-            if pool:
-                pool.close()
-                pool.join()
+        for result in run_tasks(_transcode_task, tasks, workers, "soundtracks", progress):
+            if "reason" in result:
+                log.info("skip %s: %s", result["source"], result["reason"])
+                skipped.append(result)
+            else:
+                rows.append(result)
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS).sort_values(["label", "id"], ignore_index=True)
     manifest.to_csv(out_dir / "manifest.csv", index=False)
     skipped = pd.DataFrame(skipped, columns=SKIPPED_COLUMNS).sort_values("source", ignore_index=True)

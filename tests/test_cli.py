@@ -26,7 +26,8 @@ def test_scan_starts_without_torch():
     assert "cml.scan" in loaded and not loaded & {"torch", "torchaudio", "cml.audio"}
 
 
-@pytest.mark.parametrize("command,imported_by_it", [("tracks", {"cml.scan"}), ("corpus", {"cml.soundtracks"})])
+@pytest.mark.parametrize("command,imported_by_it", [("tracks", {"cml.scan"}), ("corpus", {"cml.soundtracks"}),
+                                                    ("pool", {"cml.soundtracks"})])
 def test_a_command_imports_its_own_module_and_what_that_imports(command, imported_by_it):
     loaded = modules_loaded(f"from cml.cli import build_parser\nbuild_parser({command!r})")
     own = f"cml.{COMMANDS[command][0]}"
@@ -37,7 +38,8 @@ def test_a_command_imports_its_own_module_and_what_that_imports(command, importe
 REQUIRED = {"scan": ["x", "--report", "r.csv"], "train": ["--out", "o"], "embed": ["m", "--out", "o"],
             "evaluate": ["f", "--out", "o"], "cluster": ["f", "--method", "kmeans"],
             "playlist": ["f", "--seed-tracks", "a", "--length", "3", "--out", "p.csv"],
-            "spotify": ["pull", "--saved", "--out", "o.csv"], "soundtracks": ["fetch"], "neighbours": ["f", "t"]}
+            "spotify": ["pull", "--saved", "--out", "o.csv"], "soundtracks": ["fetch"], "pool": ["fetch"],
+            "neighbours": ["f", "t"]}
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
