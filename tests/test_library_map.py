@@ -5,7 +5,6 @@ Spotify goes over HTTP to tests/fake_spotify.py.
 """
 from __future__ import annotations
 
-import subprocess
 import sys
 from http.client import HTTPConnection
 from pathlib import Path
@@ -17,8 +16,7 @@ import soundfile as sf
 
 from cml.cli import main
 from cml.errors import CmlError
-from cml.library_map import (choose_projection, load_map, neighbour_preservation, read_clusters, safe_name,
-                             score_projections)
+from cml.library_map import choose_projection, load_map, neighbour_preservation, read_clusters, safe_name
 from cml.map_server import Actions, MapServer
 from cml.neighbours import l2_normalise
 from cml.spotify import USER_SCOPES, TokenCache
@@ -271,15 +269,13 @@ def test_clusters_come_from_cml_cluster_output(tmp_path):
 
 def test_neighbour_preservation_scores_and_chooses_the_projection():
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(150, 5))
-    U = l2_normalise(X)
-    assert neighbour_preservation(U, U) == 1.0  # a map that is the (unit) space keeps every neighbour
-    assert neighbour_preservation(X, rng.normal(size=(150, 2))) < 0.2  # a random one almost none
-    scores = score_projections(X, ("pca", "tsne"), sample=100)
-    assert list(scores.index) == ["pca", "tsne"] and scores["preservation"].between(0, 1).all()
-    angle = rng.uniform(0, 2 * np.pi, 300)
-    circle = np.c_[np.cos(angle), np.sin(angle), np.zeros((300, 3))]  # unit rows in a plane: PCA keeps them all
+    X = l2_normalise(rng.normal(size=(60, 5)))
+    assert neighbour_preservation(X, X) == 1.0  # a map that is the (unit) space keeps every neighbour
+    assert neighbour_preservation(X, rng.normal(size=(60, 2))) < 0.3  # a random one few
+    angle = rng.uniform(0, 2 * np.pi, 60)
+    circle = np.c_[np.cos(angle), np.sin(angle), np.zeros((60, 3))]  # unit rows in a plane: PCA keeps them all
     method, scores = choose_projection(circle, methods=("tsne", "pca"))
+    assert list(scores.index) == ["tsne", "pca"] and scores["preservation"].between(0, 1).all()
     assert method == scores["preservation"].idxmax() and scores.loc["pca", "preservation"] == 1.0
 
 
@@ -289,9 +285,8 @@ def test_playlist_names_become_safe_file_names():
     assert safe_name("Été à Paris") == "Été à Paris"
 
 
-def test_cml_map_reports_a_bad_table_in_one_line(tmp_path):
+def test_cml_map_reports_a_bad_table_in_one_line(tmp_path, capsys):
     (tmp_path / "t.csv").write_text("id,f0\na,nan\n")
-    result = subprocess.run([sys.executable, "-m", "cml.cli", "map", str(tmp_path / "t.csv"), "--no-browser",
-                             "--projection", "pca"], capture_output=True, text=True, timeout=60)
-    error = result.stderr.splitlines()[-1]  # after the log line that names the dropped row
-    assert result.returncode == 1 and error.startswith("cml map: error: ") and "no usable rows left to draw" in error
+    assert main(["map", str(tmp_path / "t.csv"), "--no-browser", "--projection", "pca"]) == 1
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error.startswith("cml map: error: ") and "no usable rows left to draw" in error and "NaN/inf" in error
