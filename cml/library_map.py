@@ -225,12 +225,11 @@ def track_names(table: FeatureTable, X: np.ndarray) -> np.ndarray:
     return title.astype(str).to_numpy(dtype=object)
 
 
-def load_map(path: str | Path, *, label_column: str | None = None, clusters: str | Path | None = None,
-             projection: str = "auto", seed: int = 0) -> LibraryMap:
-    """Read a feature table (and a clustering of it) and lay it out in 2-D (``auto``: chosen by measurement)."""
+def build_map(table: FeatureTable, *, clusters: str | Path | None = None, projection: str = "auto", seed: int = 0,
+              dropped: Sequence[str] = ()) -> LibraryMap:
+    """Lay a table out in 2-D (``auto``: the projection chosen by measurement) and say what each point is."""
     if projection not in ("auto", *PROJECTIONS):
         raise UsageError(f"unknown projection {projection!r}; choose from auto, {', '.join(PROJECTIONS)}")
-    table, dropped = read_map_table(path, label_column)
     X = prepare(table.X, "l2")
     scores = None
     if projection == "auto":
@@ -239,8 +238,17 @@ def load_map(path: str | Path, *, label_column: str | None = None, clusters: str
     paths = table.meta["path"].tolist() if "path" in table.meta else [None] * len(table)
     states = audio_states(paths)
     if (states == "missing").any():
-        log.warning("%s: %d of %d audio files not found or unreadable; their points are marked",
-                    path, int((states == "missing").sum()), len(states))
+        log.warning("%d of %d audio files not found or unreadable; their points are marked",
+                    int((states == "missing").sum()), len(states))
     return LibraryMap(table=table, X=X, coords=coords, projection=projection, names=track_names(table, X),
                       audio=states, clusters=read_clusters(clusters, table.ids) if clusters else None,
-                      dropped=dropped, scores=scores)
+                      dropped=list(dropped), scores=scores)
+
+
+def load_map(path: str | Path, *, label_column: str | None = None, clusters: str | Path | None = None,
+             projection: str = "auto", seed: int = 0) -> LibraryMap:
+    """The map of the feature table at ``path`` (unusable rows dropped and reported; see :func:`build_map`)."""
+    if projection not in ("auto", *PROJECTIONS):  # before reading a large table
+        raise UsageError(f"unknown projection {projection!r}; choose from auto, {', '.join(PROJECTIONS)}")
+    table, dropped = read_map_table(path, label_column)
+    return build_map(table, clusters=clusters, projection=projection, seed=seed, dropped=dropped)

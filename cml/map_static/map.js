@@ -32,13 +32,15 @@ export function commTransport(model) {
     waiting.set(id, resolve);
     model.send({ id, name, body });
   });
+  const blobUrl = async (name, body) => {
+    const [result, buffers] = await ask(name, body);
+    if (result.error || !buffers.length) return null;
+    return URL.createObjectURL(new Blob([buffers[0]], { type: result.type }));
+  };
   return {
     async call(name, body) { return (await ask(name, body))[0]; },
-    async audioUrl(row) {
-      const [result, buffers] = await ask("audio", { row });
-      if (result.error || !buffers.length) return null;
-      return URL.createObjectURL(new Blob([buffers[0]], { type: result.type }));
-    },
+    audioUrl: (row) => blobUrl("audio", { row }),
+    plotlyUrl: () => blobUrl("plotly", {}),
   };
 }
 
@@ -212,11 +214,12 @@ export async function mount(root, transport) {
 // anywidget entry point (the notebook widget, cml.map_widget)
 export default {
   async render({ model, el }) {
-    if (!window.Plotly) {
+    const transport = commTransport(model);
+    if (!window.Plotly) {  // plotly.js comes from the kernel (the plotly package), once per page
       const script = document.createElement("script");
-      script.src = URL.createObjectURL(new Blob([model.get("_plotly")], { type: "text/javascript" }));
+      script.src = await transport.plotlyUrl();
       await new Promise((resolve) => { script.onload = resolve; document.head.append(script); });
     }
-    await mount(el, commTransport(model));
+    await mount(el, transport);
   },
 };
