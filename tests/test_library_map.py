@@ -247,7 +247,8 @@ def test_a_table_without_paths_draws_a_map_without_audio(tmp_path, browser):
 def test_the_server_answers_only_its_own_name_and_serves_audio_by_row_only(page):
     host, port = page[0].server_address
     for path, headers, status in (("/", {"Host": "evil.example:80"}, 403), ("/audio/../../etc/passwd", {}, 404),
-                                  ("/audio/6", {}, 404), ("/audio/0", {}, 200), ("/api/map", {}, 200)):
+                                  ("/audio/6", {}, 404), ("/audio/999", {}, 404), ("/audio/0", {}, 200),
+                                  ("/api/map", {}, 200)):
         connection = HTTPConnection(host, port, timeout=10)
         connection.request("GET", path, headers=headers)
         assert connection.getresponse().status == status, path
