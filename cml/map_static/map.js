@@ -134,10 +134,19 @@ export async function mount(root, transport) {
       { displaylogo: false, responsive: true });
   }
 
+  function overlays() {  // only the seeds and the playlist change: restyle those two traces, not the 100k points
+    const order = state.playlist ? state.playlist.rows : [];
+    const pick = (rows, values) => rows.map((r) => values[r]);
+    return Plotly.restyle(plot, { x: [pick(order, data.x), pick(state.seeds, data.x)],
+      y: [pick(order, data.y), pick(state.seeds, data.y)], customdata: [order, state.seeds],
+      hovertext: [order.map(hover), state.seeds.map(hover)], text: [order.map((_, i) => String(i + 1)), []] },
+    [groupCount + 1, groupCount + 2]);
+  }
+
   function showSeeds() {
     $("seeds").replaceChildren(...state.seeds.map((row) => element("li", { "data-id": data.ids[row] }, data.names[row])));
   }
-  function setSeeds(rows) { state.seeds = rows; showSeeds(); draw(); }
+  function setSeeds(rows) { state.seeds = rows; showSeeds(); overlays(); }
 
   async function play(row) {
     $("now").textContent = `${data.names[row]}`;
@@ -176,7 +185,7 @@ export async function mount(root, transport) {
     }));
     for (const id of ["playall", "save"]) $(id).disabled = false;
     $("push").disabled = !data.spotify;
-    draw();
+    overlays();
   }
   async function send(action) {
     const result = await transport.call(action, { ids: state.playlist.ids, name: $("name").value });
