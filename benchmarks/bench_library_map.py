@@ -3,8 +3,8 @@
 1. **Projection** (`cml.library_map.score_projections`): PCA, t-SNE and UMAP fitted on a seeded sample of
    each table, scored by the share of each track's 10 nearest neighbours (cosine, full space) that stay
    among its 10 nearest on the map; with the fit time. Tables: seeded Gaussian blobs (20 clusters, 128-d,
-   L2-normalised like embeddings) and, when present, the pipeline's handcrafted features
-   (outputs/features/handcrafted.parquet). UMAP is warmed up first (numba compiles it once per process).
+   L2-normalised like embeddings) and a real table given with ``--table``. UMAP is warmed up first (numba
+   compiles it once per process).
    Then the fit time of each method on the whole of larger blob tables (``--fit-sizes``).
 2. **Browser**: a table of ``--n`` blob tracks served by `cml.map_server`, opened in headless Chromium
    (tests/browser.py; software WebGL, so a worst case): time to first draw (navigation until the map is
@@ -13,6 +13,7 @@
 
     python benchmarks/bench_library_map.py                 # as in benchmarks/library-map/README.md
     python benchmarks/bench_library_map.py --n 5000 --fit-sizes 2000   # a quick check
+    python benchmarks/bench_library_map.py --table T.parquet --screenshot docs/library-map.png  # the README's
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import Chromium  # noqa: E402
+from browser import Chromium, map_point  # noqa: E402
 from cml.features import project_2d  # noqa: E402
 from cml.library_map import load_map, score_projections  # noqa: E402
 from cml.map_server import Actions, MapServer  # noqa: E402
-from cml.playlist import prepare  # noqa: E402
+from cml.playlist import auto_seeds, prepare  # noqa: E402
 from cml.tables import read_feature_table, write_feature_table  # noqa: E402
 
 READY = "document.getElementById('cml-map-root').dataset.ready"
@@ -46,12 +47,11 @@ def blobs(n: int, d: int = 128, centers: int = 20, seed: int = 0) -> tuple[np.nd
     return prepare(means[y] + rng.normal(scale=0.35, size=(n, d))), y
 
 
-def projections(sample: int, fit_sizes: list[int]) -> None:
+def projections(sample: int, fit_sizes: list[int], table: Path | None) -> None:
     project_2d(blobs(50)[0], "umap")  # numba's compilation, once per process
     tables = {"blobs": blobs(sample)[0]}
-    handcrafted = ROOT / "outputs/features/handcrafted.parquet"
-    if handcrafted.exists():
-        tables["handcrafted"] = prepare(read_feature_table(handcrafted, drop_invalid=True).X)
+    if table:
+        tables[table.name] = prepare(read_feature_table(table, drop_invalid=True).X)
     for name, X in tables.items():
         scores = score_projections(X, sample=sample)
         print(f"\n{name}: {len(X)} rows, {X.shape[1]}-d, sample {min(sample, len(X))}")
@@ -108,6 +108,23 @@ def browser_run(n: int, repeats: int) -> None:
             print(f"hull playlist, request to drawn path: median {statistics.median(times):.2f} s")
 
 
+def screenshot(table: Path, png: Path, seeds: int = 4) -> None:
+    """The map of ``table`` (projection chosen by measurement) with a hull playlist of ``seeds`` seeds of one
+    label, as the README shows it."""
+    library = load_map(table)
+    rows = auto_seeds(len(library), seeds, library.table.labels)
+    with MapServer(Actions(library, png.parent)) as server, Chromium(width=1100, height=660) as browser:
+        browser.open(server.url, READY)
+        for row in rows:
+            browser.click(*map_point(browser, int(row)), modifiers=8)  # shift-click: a seed
+        browser.evaluate("document.getElementById('cml-length').value = 12; document.getElementById('cml-make').click()")
+        browser.wait_for("document.querySelectorAll('#cml-playlist li').length")
+        browser.click(*map_point(browser, int(rows[0])))  # listen to the first seed: its hover label shows
+        time.sleep(0.5)
+        browser.screenshot(png)
+    print(f"wrote {png}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="tracks of the browser run")
@@ -115,10 +132,17 @@ def main() -> None:
     parser.add_argument("--fit-sizes", type=int, nargs="*", default=[10_000], help="whole-table fit times")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-projections", action="store_true")
+    parser.add_argument("--skip-browser", action="store_true")
+    parser.add_argument("--table", type=Path, help="a real feature table to score the projections on too")
+    parser.add_argument("--screenshot", type=Path, help="PNG of the map of --table with a hull playlist")
     args = parser.parse_args()
+    if args.screenshot:
+        screenshot(args.table, args.screenshot)
+        return
     if not args.skip_projections:
-        projections(args.sample, args.fit_sizes)
-    browser_run(args.n, args.repeats)
+        projections(args.sample, args.fit_sizes, args.table)
+    if not args.skip_browser:
+        browser_run(args.n, args.repeats)
 
 
 if __name__ == "__main__":

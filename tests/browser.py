@@ -137,3 +137,12 @@ class Chromium:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def map_point(browser: Chromium, row: int) -> tuple[float, float]:
+    """Where the library map (cml/map_static/map.js) draws track ``row``, in page pixels."""
+    return tuple(browser.evaluate(f"""(() => {{
+        const gd = document.getElementById('cml-map'), L = gd._fullLayout, box = gd.getBoundingClientRect();
+        for (const t of gd._fullData) {{ const i = (t.customdata || []).indexOf({row});
+            if (i >= 0) return [box.left + L._size.l + L.xaxis.l2p(t.x[i]), box.top + L._size.t + L.yaxis.l2p(t.y[i])]; }}
+    }})()"""))

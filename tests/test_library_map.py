@@ -23,7 +23,7 @@ from cml.spotify import USER_SCOPES, TokenCache
 from cml.tables import write_feature_table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser import CHROMIUM, Chromium  # noqa: E402
+from browser import CHROMIUM, Chromium, map_point as point  # noqa: E402
 from fake_spotify import FakeSpotify, track_id  # noqa: E402
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: bash .ci/system-packages.sh")
@@ -86,15 +86,6 @@ def load(page):
     server, browser = page
     browser.open(server.url, READY)
     return browser
-
-
-def point(browser, row: int) -> tuple[float, float]:
-    """Where track ``row`` is drawn, in page pixels."""
-    return tuple(browser.evaluate(f"""(() => {{
-        const gd = document.getElementById('cml-map'), L = gd._fullLayout, box = gd.getBoundingClientRect();
-        for (const t of gd._fullData) {{ const i = (t.customdata || []).indexOf({row});
-            if (i >= 0) return [box.left + L._size.l + L.xaxis.l2p(t.x[i]), box.top + L._size.t + L.yaxis.l2p(t.y[i])]; }}
-    }})()"""))
 
 
 def hover_text(browser, row: int) -> str:
