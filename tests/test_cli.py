@@ -37,7 +37,8 @@ def test_a_command_imports_its_own_module_and_what_that_imports(command, importe
 REQUIRED = {"scan": ["x", "--report", "r.csv"], "train": ["--out", "o"], "embed": ["m", "--out", "o"],
             "evaluate": ["f", "--out", "o"], "cluster": ["f", "--method", "kmeans"],
             "playlist": ["f", "--seed-tracks", "a", "--length", "3", "--out", "p.csv"],
-            "spotify": ["pull", "--saved", "--out", "o.csv"], "soundtracks": ["fetch"], "neighbours": ["f", "t"]}
+            "spotify": ["pull", "--saved", "--out", "o.csv"], "soundtracks": ["fetch"], "neighbours": ["f", "t"],
+            "map": ["f"]}
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
