@@ -282,3 +282,17 @@ def test_cml_map_reports_a_bad_table_in_one_line(tmp_path, capsys):
     assert main(["map", str(tmp_path / "t.csv"), "--no-browser", "--projection", "pca"]) == 1
     (error,) = capsys.readouterr().err.splitlines()
     assert error.startswith("cml map: error: ") and "no usable rows left to draw" in error and "NaN/inf" in error
+
+
+def test_the_notebook_widget_answers_the_page_s_requests_as_the_server_does(library):
+    from cml.map_widget import LibraryMapWidget
+
+    widget = LibraryMapWidget(Actions(library[1], "/nonexistent-out"))
+    plotly, (code,) = widget.answer({"id": 1, "name": "plotly", "body": {}})
+    assert plotly == {"type": "text/javascript"} and code.startswith(b"/**") and b"plotly.js" in code[:300]
+    audio, (wav,) = widget.answer({"id": 2, "name": "audio", "body": {"row": 5}})
+    assert audio == {"type": "audio/wav"} and wav[:4] == b"RIFF"
+    assert widget.answer({"id": 3, "name": "audio", "body": {"row": 6}}) == ({"error": "no audio for this track"}, [])
+    made = widget.answer({"id": 4, "name": "playlist", "body": {"seeds": ["t0", "t1"], "length": 5}})[0]
+    assert made["ids"] == library[1].playlist(["t0", "t1"], 5)["ids"] and len(made["names"]) == 5
+    assert "_plotly" not in widget.keys  # plotly.js is a message, not widget state a saved notebook would keep
