@@ -112,7 +112,7 @@ export async function mount(root, transport) {
     y: rows.map((r) => data.y[r]), customdata: rows, hovertext: rows.map(hover), hoverinfo: "text",
     marker: { size, color: PALETTE[index % PALETTE.length], opacity: 0.75 },
   });
-  const overlay = (name, rows, style) => ({ type: "scattergl", name, x: rows.map((r) => data.x[r]),
+  const overlay = (name, rows, style, type = "scattergl") => ({ type, name, x: rows.map((r) => data.x[r]),
     y: rows.map((r) => data.y[r]), customdata: rows, hovertext: rows.map(hover), hoverinfo: "text", ...style });
   let groupCount = 0;
 
@@ -125,9 +125,10 @@ export async function mount(root, transport) {
     const traces = [...groups.map(([name, rows], i) => pointTrace(name, rows, i)),
       overlay("no audio", silent, { mode: "markers", marker: { symbol: "x", size: size + 2, color: "#555" } }),
       overlay("playlist", order, { mode: "lines+markers+text", text: order.map((_, i) => String(i + 1)),
-        textposition: "top right", line: { color: "#000", width: 1.5 }, marker: { size: size + 3, color: "#000" } }),
+        textposition: "top right", line: { color: "#000", width: 1.5 }, marker: { size: size + 3, color: "#000" } },
+      "scatter"),
       overlay("seeds", state.seeds, { mode: "markers", marker: { symbol: "star", size: 16, color: "#d62728",
-        line: { color: "#000", width: 1 } } })];
+        line: { color: "#000", width: 1 } } }, "scatter")];  // SVG: redrawn alone when seeds or playlist change
     return Plotly.react(plot, traces, { dragmode: plot.layout ? plot.layout.dragmode : "select",
       margin: { l: 30, r: 10, t: 10, b: 30 }, hovermode: "closest", uirevision: "keep",
       legend: { itemsizing: "constant" }, xaxis: { zeroline: false }, yaxis: { zeroline: false } },
