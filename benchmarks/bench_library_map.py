@@ -117,7 +117,8 @@ def screenshot(table: Path, png: Path, seeds: int = 4) -> None:
         browser.open(server.url, READY)
         for row in rows:
             browser.click(*map_point(browser, int(row)), modifiers=8)  # shift-click: a seed
-        browser.evaluate("document.getElementById('cml-length').value = 12; document.getElementById('cml-make').click()")
+        browser.evaluate("document.getElementById('cml-length').value = 12; "
+                         "document.getElementById('cml-make').click()")
         browser.wait_for("document.querySelectorAll('#cml-playlist li').length")
         browser.click(*map_point(browser, int(rows[0])))  # listen to the first seed: its hover label shows
         time.sleep(0.5)

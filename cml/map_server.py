@@ -74,15 +74,18 @@ class Actions:
     def spotify(self, body: dict) -> dict:
         from cml.spotify import SpotifyClient, load_credentials, push_tracks
 
-        table, ids = self.library.table, _ids(body, "ids")
-        rows = self.library.rows(ids)
-        uri = next((c for c in URI_COLUMNS if c in table.meta), None)
-        refs = [str(table.meta[uri].iloc[r]) for r in rows if uri and isinstance(table.meta[uri].iloc[r], str)]
-        local = [self.library.audio_path(r) for r in rows if not (uri and isinstance(table.meta[uri].iloc[r], str))]
+        meta = self.library.table.meta
+        column = next((c for c in URI_COLUMNS if c in meta), None)
+        refs, local = [], []  # a track's Spotify URI where the table has one, else its local file to link
+        for row in self.library.rows(_ids(body, "ids")):
+            uri = meta[column].iloc[row] if column else None
+            if isinstance(uri, str) and uri:
+                refs.append(uri)
+            elif self.library.audio_path(row) is not None:
+                local.append(self.library.audio_path(row))
         kwargs = {"token_cache": self.token_cache} if self.token_cache else {}
         client = SpotifyClient(load_credentials(self.env_file), user=True, **kwargs)
-        name = str(body.get("name") or "cml map playlist")
-        result, links = push_tracks(client, name, refs, [p for p in local if p is not None],
+        result, links = push_tracks(client, str(body.get("name") or "cml map playlist"), refs, local,
                                     "made on the cml library map", replace=bool(body.get("replace")))
         return {"playlist_id": result.playlist_id, "n_tracks": result.n_tracks, "action": result.action,
                 "unlinked": sum(1 for link in links if not link.uri)}
@@ -161,8 +164,8 @@ class _Handler(BaseHTTPRequestHandler):
         if data is None:
             self._send(HTTPStatus.NOT_FOUND, b"no audio for this track", "text/plain")
             return
-        kind = AUDIO_TYPES.get(track.suffix.lower()) or mimetypes.guess_type(track.name)[0] or "application/octet-stream"
-        self._send(HTTPStatus.OK, data, kind)
+        kind = AUDIO_TYPES.get(track.suffix.lower()) or mimetypes.guess_type(track.name)[0]
+        self._send(HTTPStatus.OK, data, kind or "application/octet-stream")
 
     def do_POST(self) -> None:  # noqa: N802
         if not self._allowed():

@@ -144,5 +144,6 @@ def map_point(browser: Chromium, row: int) -> tuple[float, float]:
     return tuple(browser.evaluate(f"""(() => {{
         const gd = document.getElementById('cml-map'), L = gd._fullLayout, box = gd.getBoundingClientRect();
         for (const t of gd._fullData) {{ const i = (t.customdata || []).indexOf({row});
-            if (i >= 0) return [box.left + L._size.l + L.xaxis.l2p(t.x[i]), box.top + L._size.t + L.yaxis.l2p(t.y[i])]; }}
+            if (i >= 0) return [box.left + L._size.l + L.xaxis.l2p(t.x[i]),
+                                box.top + L._size.t + L.yaxis.l2p(t.y[i])]; }}
     }})()"""))

@@ -106,7 +106,8 @@ def test_the_page_draws_every_usable_track_and_reports_what_it_dropped(page):
     assert drawn == N
     assert text(browser, "status").startswith(f"{N} tracks drawn · pca")
     dropped = text(browser, "dropped")
-    assert "dropped 1 rows with repeated ids: t0" in dropped and "dropped 1 rows with NaN/inf features: nan-row" in dropped
+    assert "dropped 1 rows with repeated ids: t0" in dropped
+    assert "dropped 1 rows with NaN/inf features: nan-row" in dropped
     loaded = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(url.startswith(page[0].url) for url in loaded)  # nothing from a CDN
 
@@ -161,8 +162,8 @@ def test_a_box_selection_makes_the_playlist_cml_playlist_makes_and_saves_it(page
     shown = browser.wait_for("(l => l.length && l.map(li => li.dataset.id))"
                              "([...document.querySelectorAll('#cml-playlist li')])")
     out = tmp_path / "playlist.csv"
-    assert main(["playlist", str(library[0]), "--drop-invalid", "--seed-tracks", ",".join(seeds), "--length", str(length),
-                 "--out", str(out)]) == 0
+    assert main(["playlist", str(library[0]), "--drop-invalid", "--seed-tracks", ",".join(seeds),
+                 "--length", str(length), "--out", str(out)]) == 0
     assert shown == pd.read_csv(out, dtype={"id": str})["id"].tolist()
     drawn = browser.evaluate("document.getElementById('cml-map')._fullData.find(t => t.name === 'playlist').x.length")
     assert drawn == length

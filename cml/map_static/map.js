@@ -83,9 +83,12 @@ export async function mount(root, transport) {
   const n = data.ids.length;
   const state = { seeds: [], playlist: null, queue: [], audio: data.audio.slice() };
   for (const mode of data.modes) $("mode").append(element("option", { value: mode }, mode));
-  for (const key of ["labels", "clusters"]) if (data[key]) $("colour").append(element("option", { value: key }, key.slice(0, -1)));
+  for (const key of ["labels", "clusters"]) {
+    if (data[key]) $("colour").append(element("option", { value: key }, key.slice(0, -1)));
+  }
   $("colour").append(element("option", { value: "none" }, "nothing"));
-  const kept = data.preservation ? ` (keeps ${Math.round(100 * data.preservation[data.projection])}% of nearest neighbours)` : "";
+  const share = data.preservation && Math.round(100 * data.preservation[data.projection]);
+  const kept = data.preservation ? ` (keeps ${share}% of nearest neighbours)` : "";
   $("status").textContent = `${n} tracks drawn · ${data.projection}${kept}`;
   $("dropped").textContent = data.dropped.join("\n");
   $("push").title = data.spotify ? "" : "set SPOTIPY_CLIENT_ID and SPOTIPY_REDIRECT_URI to push";
@@ -145,13 +148,17 @@ export async function mount(root, transport) {
   }
 
   function showSeeds() {
-    $("seeds").replaceChildren(...state.seeds.map((row) => element("li", { "data-id": data.ids[row] }, data.names[row])));
+    const item = (row) => element("li", { "data-id": data.ids[row] }, data.names[row]);
+    $("seeds").replaceChildren(...state.seeds.map(item));
   }
   function setSeeds(rows) { state.seeds = rows; showSeeds(); overlays(); }
 
   async function play(row) {
     $("now").textContent = `${data.names[row]}`;
-    if (state.audio[row] !== "ok") { $("message").textContent = `${data.names[row]}: ${AUDIO_NOTE[state.audio[row]]}`; return false; }
+    if (state.audio[row] !== "ok") {
+      $("message").textContent = `${data.names[row]}: ${AUDIO_NOTE[state.audio[row]]}`;
+      return false;
+    }
     const url = await transport.audioUrl(row);
     if (!url) { markBroken(row); return false; }
     $("player").dataset.row = row;
@@ -168,7 +175,9 @@ export async function mount(root, transport) {
   async function playNext() {
     while (state.queue.length) if (await play(state.queue.shift())) return;
   }
-  $("player").addEventListener("error", () => { if ($("player").dataset.row) markBroken(Number($("player").dataset.row)); });
+  $("player").addEventListener("error", () => {
+    if ($("player").dataset.row) markBroken(Number($("player").dataset.row));
+  });
   $("player").addEventListener("ended", playNext);
 
   async function makePlaylist() {
