@@ -29,6 +29,7 @@ COMMANDS = {
     "neighbours": ("index", "the nearest tracks of a track in a feature table, with their paths"),
     "cluster": ("clustering", "cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)"),
     "playlist": ("playlist", "a playlist from the convex hull of seed tracks in a feature table"),
+    "map": ("map_server", "a map of a feature table in the browser: listen, pick seeds, make playlists"),
     "spotify": ("spotify", "pull track data from Spotify, push playlists to it"),
     "params": ("recipe", "print a study's effective parameters: the recipe's defaults with params.yaml's overrides"),
 }

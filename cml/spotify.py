@@ -853,6 +853,14 @@ def link_local_files(client: SpotifyClient, paths: Iterable[str | Path], progres
     return links
 
 
+def push_tracks(client: SpotifyClient, name: str, refs: list[str], local: list[Path], how: str, *,
+                progress: bool = False, **options) -> tuple[PushResult, list[Link]]:
+    """What `cml spotify push` does with a track list: find the local files on Spotify, then `push` the Spotify
+    tracks followed by the linked files (``options``: replace, public, dry_run)."""
+    links = link_local_files(client, local, progress=progress) if local else []
+    return push(client, name, [*refs, *(link.uri for link in links if link.uri)], how, **options), links
+
+
 def read_playlist_file(path: str | Path) -> tuple[list[str], list[Path]]:
     """(Spotify refs, local audio paths) from a .csv (uri / track_id / path column) or a .m3u / .txt list."""
     path = check_input_file(path, "track list")
@@ -911,13 +919,11 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 def _cmd_push(args: argparse.Namespace) -> int:
     refs, local = read_playlist_file(args.tracks_file)
-    client = _client(args, user=True)
-    if local:
-        links = link_local_files(client, local, progress=True)
-        refs += [link.uri for link in links if link.uri]
-        print(f"linked {sum(1 for link in links if link.uri)} of {len(links)} local file(s)")
     how = args.description or f"tracks from {Path(args.tracks_file).name}"
-    result = push(client, args.name, refs, how, replace=args.replace, public=args.public, dry_run=args.dry_run)
+    result, links = push_tracks(_client(args, user=True), args.name, refs, local, how, replace=args.replace,
+                                public=args.public, dry_run=args.dry_run, progress=True)
+    if links:
+        print(f"linked {sum(1 for link in links if link.uri)} of {len(links)} local file(s)")
     verb = "would" if args.dry_run else "did"
     print(f"{verb} {result.action} playlist {args.name!r} with {result.n_tracks} track(s):")
     for step in result.requests:

@@ -39,7 +39,7 @@ REQUIRED = {"scan": ["x", "--report", "r.csv"], "train": ["--out", "o"], "embed"
             "evaluate": ["f", "--out", "o"], "cluster": ["f", "--method", "kmeans"],
             "playlist": ["f", "--seed-tracks", "a", "--length", "3", "--out", "p.csv"],
             "spotify": ["pull", "--saved", "--out", "o.csv"], "soundtracks": ["fetch"], "pool": ["fetch"],
-            "neighbours": ["f", "t"]}
+            "neighbours": ["f", "t"], "map": ["f"]}
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
