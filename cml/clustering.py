@@ -112,7 +112,7 @@ COSTS = {
     # cml.hierarchy on both cores, on a machine loaded far beyond them (load ~10: benchmarks/hierarchy/README.md);
     # its own two passes over the distance matrix are quadratic, the k-NN graph's index linear.
     "mst-single": Cost(194.1, 100_000, 2, 4),
-    "mst-hdbscan": Cost(6.5, 20_000, 2, 4),
+    "mst-hdbscan": Cost(4.5, 20_000, 2, 4),
     "knn-single": Cost(64.1, 100_000, 1, 4),
     "knn-hdbscan": Cost(47.0, 100_000, 1, 4),
 }
@@ -279,6 +279,7 @@ def _mst_cluster(X: np.ndarray, method: str, k: int | None, seed: int, opts: dic
     exact, density = MST_METHODS[method]
     min_pts = opts.get("min_pts", 5) if density else 1
     tree = hierarchy.exact_mst(X, min_pts) if exact else hierarchy.knn_mst(X, min_pts, seed=seed)
+    params.update(exact=exact, **({} if exact else {"neighbours": hierarchy.KNN_K}))
     if density:
         params.update(min_pts=min_pts, min_cluster_size=opts.get("min_cluster_size", 5))
         return hierarchy.hdbscan_labels(tree, params["min_cluster_size"]), tree.linkage
