@@ -8,8 +8,10 @@ that dendrogram, so they are the reference's by construction.
 
 Why our own MST: exact single linkage is n^2 d / 2 multiply-adds, which BLAS does in a fraction of a second
 at 20,000 x 128. No maintained library reaches that in 128 dimensions (``benchmarks/hierarchy/README.md``):
-fastcluster, scipy and scikit-learn compute distances one pair at a time; hdbscan, fast_hdbscan and
-scikit-learn's HDBSCAN prune with k-d or ball trees, which prune nothing in 128 dimensions.
+fastcluster, scipy and scikit-learn compute distances one pair at a time (2-6x our time at 20k); scikit-learn's
+HDBSCAN and fast_hdbscan prune with k-d or ball trees, which prune little in 128 dimensions (18x; over 150 s).
+The hdbscan package's Boruvka over a k-d tree came within 1.1-1.8x of ours, but on ten far-apart blobs, its
+best case; it gives no Euclidean single-linkage dendrogram of its own, and was not measured on real embeddings.
 
 Exact (:func:`exact_mst`), Boruvka's algorithm with certified candidate lists: every row keeps the k rows
 with the smallest distance among those outside its component when the list was made, and a bound that
