@@ -11,7 +11,7 @@ at 20,000 x 128. No maintained library reaches that in 128 dimensions (``benchma
 fastcluster, scipy and scikit-learn compute distances one pair at a time (2-6x our time at 20k); scikit-learn's
 HDBSCAN and fast_hdbscan prune with k-d or ball trees, which prune little in 128 dimensions (18x; over 150 s).
 The hdbscan package's Boruvka over a k-d tree came within 1.1-1.8x of ours, but on ten far-apart blobs, its
-best case; it gives no Euclidean single-linkage dendrogram of its own, and was not measured on real embeddings.
+best case; its single linkage (min_samples = 1) and real embeddings were not measured: a candidate to revisit.
 
 Exact (:func:`exact_mst`), Boruvka's algorithm with certified candidate lists: every row keeps the k rows
 with the smallest distance among those outside its component when the list was made, and a bound that
