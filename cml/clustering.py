@@ -1,4 +1,9 @@
-"""Cluster feature tables with ELKI (the primary tool) or scikit-learn, and score the result.
+"""Cluster feature tables with ELKI (the primary tool), scikit-learn or `cml.hierarchy`, and score the result.
+
+Exact and approximate (:data:`EXACT`): the linkages, both DBSCANs and HDBSCANs, and the ``mst-*`` trees of
+`cml.hierarchy` compute their definition exactly (ELKI stays the reference they are tested against); the
+``knn-*`` trees approximate it over a k-NN graph, and k-means finds a local optimum. Every
+hierarchical method returns its dendrogram (``ClusterResult.linkage``), cut by `cml.hierarchy.cut`.
 
 Geometry: by default (``normalise=True``) every embedding is L2-normalised to unit length first and all
 methods use Euclidean distance on those unit vectors. On the unit sphere ``|a - b|^2 = 2 - 2 cos(a, b)``,
@@ -47,7 +52,7 @@ from sklearn import metrics
 from sklearn.neighbors import NearestNeighbors
 from tqdm import tqdm
 
-from cml import elki
+from cml import elki, hierarchy
 from cml.errors import UsageError, check_input_file, check_output, count, non_negative, non_negative_int, positive
 from cml.neighbours import l2_normalise
 from cml.tables import LABEL_COLUMN, FeatureTable, FeatureTableError, preview, read_feature_table, standardise
@@ -56,8 +61,14 @@ log = logging.getLogger(__name__)
 
 ELKI_HIERARCHICAL = {"elki-slink": "single", "elki-single": "single", "elki-complete": "complete",
                      "elki-average": "average", "elki-ward": "ward"}
-METHODS = (*ELKI_HIERARCHICAL, "elki-hdbscan", "elki-kmeans", "elki-dbscan", "kmeans", "dbscan", "hdbscan")
-NEEDS_K = {*ELKI_HIERARCHICAL, "elki-kmeans", "kmeans"}
+# cml.hierarchy's minimum spanning trees: exact (mst-*) or of the approximate k-NN graph (knn-*).
+MST_METHODS = {"mst-single": (True, False), "mst-hdbscan": (True, True),  # (exact, HDBSCAN*)
+               "knn-single": (False, False), "knn-hdbscan": (False, True)}
+HIERARCHICAL = (*ELKI_HIERARCHICAL, "mst-single", "knn-single")  # cut by k or height; dendrogram in `linkage`
+EXACT = {*ELKI_HIERARCHICAL, "elki-hdbscan", "hdbscan", "elki-dbscan", "dbscan", "mst-single", "mst-hdbscan"}
+METHODS = (*ELKI_HIERARCHICAL, "elki-hdbscan", "elki-kmeans", "elki-dbscan", "kmeans", "dbscan", "hdbscan",
+           *MST_METHODS)
+NEEDS_K = {*HIERARCHICAL, "elki-kmeans", "kmeans"}
 SILHOUETTE_SAMPLE = 5000
 METHOD_BUDGET_SECONDS = 900.0  # the grid skips a method whose time estimate is longer
 MEMORY_SHARE = elki.MEMORY_SHARE  # ... or whose memory estimate passes this share of the machine's RAM
@@ -98,6 +109,12 @@ COSTS = {
     "kmeans": Cost(2.8, 100_000, 1, 1),
     "dbscan": Cost(176.4, 100_000, 2, 4),  # + its neighbourhood lists, sized from the data (`dbscan_lists_mb`)
     "hdbscan": Cost(69.6, 20_000, 2, 1),
+    # cml.hierarchy on both cores, on a machine loaded far beyond them (load ~10: benchmarks/hierarchy/README.md);
+    # its own two passes over the distance matrix are quadratic, the k-NN graph's index linear.
+    "mst-single": Cost(194.1, 100_000, 2, 4),
+    "mst-hdbscan": Cost(4.5, 20_000, 2, 4),
+    "knn-single": Cost(64.1, 100_000, 1, 4),
+    "knn-hdbscan": Cost(47.0, 100_000, 1, 4),
 }
 PYTHON_MB = 256  # the interpreter and its imports (the benchmark's Python workers: 217-245 MiB before the data)
 DBSCAN_SAMPLE = 1000  # rows whose eps-neighbourhoods are counted to size scikit-learn DBSCAN's lists
@@ -162,7 +179,8 @@ class ClusterResult:
     labels: np.ndarray  # (n,) int64
     method: str
     params: dict = field(default_factory=dict)  # the parameters actually used (eps, k, seed, ...)
-    linkage: np.ndarray | None = None  # scipy-style dendrogram, ELKI hierarchical methods on request
+    linkage: np.ndarray | None = None  # scipy-style dendrogram (`cml.hierarchy.cut` cuts any): the MST methods
+    # always, ELKI's hierarchical ones on request
     seconds: float = 0.0
 
 
@@ -208,7 +226,8 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
             **opts) -> ClusterResult:
     """Cluster the rows of X with ``method`` (one of :data:`METHODS`).
 
-    Options: ``height`` (ELKI hierarchical, instead of k), ``dendrogram`` (ELKI hierarchical),
+    Options: ``height`` (hierarchical, instead of k), ``dendrogram`` (ELKI hierarchical; the MST methods
+    always return theirs),
     ``variant`` (elki-kmeans: lloyd/elkan/hamerly), ``eps`` and ``min_pts`` (DBSCAN), ``min_pts`` and
     ``min_cluster_size`` (HDBSCAN), ``max_iter`` (k-means).
     """
@@ -217,7 +236,7 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
     X = elki.check_finite(X)
     if normalise:
         X = l2_normalise(X)
-    if method in NEEDS_K and k is None and not (method in ELKI_HIERARCHICAL and opts.get("height") is not None):
+    if method in NEEDS_K and k is None and not (method in HIERARCHICAL and opts.get("height") is not None):
         raise ValueError(f"method {method} needs k (the number of clusters)")
     if k is not None and not 1 <= k <= len(X):
         raise ValueError(f"k={k} clusters asked for, but there are only {len(X)} points")
@@ -229,6 +248,8 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
                                 slink=method == "elki-slink", dendrogram=opts.get("dendrogram", False))
         labels, linkage = res.labels, res.linkage
         params["height"] = opts.get("height")
+    elif method in MST_METHODS:
+        labels, linkage = _mst_cluster(X, method, k, seed, opts, params)
     elif method == "elki-kmeans":
         params.update(variant=opts.get("variant", "lloyd"), max_iter=opts.get("max_iter", 0))
         labels = elki.kmeans(X, k, variant=params["variant"], seed=seed, max_iter=params["max_iter"]).labels
@@ -251,6 +272,19 @@ def cluster(X: np.ndarray, method: str, k: int | None = None, seed: int = 0, *, 
                   else skcluster.HDBSCAN(min_cluster_size=min_size, min_samples=min_pts, copy=True).fit_predict(X))
     return ClusterResult(labels=np.asarray(labels, dtype=np.int64), method=method, params=params,
                          linkage=linkage, seconds=time.perf_counter() - start)
+
+
+def _mst_cluster(X: np.ndarray, method: str, k: int | None, seed: int, opts: dict, params: dict):
+    """Labels and dendrogram of an MST method (`cml.hierarchy`); ``params`` gets what was used."""
+    exact, density = MST_METHODS[method]
+    min_pts = opts.get("min_pts", 5) if density else 1
+    tree = hierarchy.exact_mst(X, min_pts) if exact else hierarchy.knn_mst(X, min_pts, seed=seed)
+    params.update(exact=exact, **({} if exact else {"neighbours": hierarchy.KNN_K}))
+    if density:
+        params.update(min_pts=min_pts, min_cluster_size=opts.get("min_cluster_size", 5))
+        return hierarchy.hdbscan_labels(tree, params["min_cluster_size"]), tree.linkage
+    params["height"] = opts.get("height")
+    return hierarchy.cut(tree.linkage, k=k, height=params["height"]), tree.linkage
 
 
 def _table_mb(n: int, d: int) -> float:
@@ -365,7 +399,7 @@ def cluster_scores(X: np.ndarray, result: ClusterResult, true_labels=None, *, se
 # --------------------------------------------------------------------------------------------------
 # The grid of the ClusterTesting notebook: every feature table x every method, and what to show of it.
 
-DENSITY = ("elki-hdbscan", "elki-dbscan", "dbscan", "hdbscan")  # choose their own number of clusters
+DENSITY = ("elki-hdbscan", "elki-dbscan", "dbscan", "hdbscan", "mst-hdbscan", "knn-hdbscan")  # choose their own number of clusters
 GRID_METRICS = ("nmi", "ari", "v_measure", "purity", "silhouette", "davies_bouldin", "n_clusters",
                 "noise_fraction")
 LOWER_IS_BETTER = {"davies_bouldin"}
@@ -576,8 +610,9 @@ def cluster_size(text: str) -> int:
 
 
 # The methods each option applies to; given to another method, it would be silently ignored.
-OPTION_METHODS = {"k": NEEDS_K, "height": set(ELKI_HIERARCHICAL), "eps": {"dbscan", "elki-dbscan"},
-                  "min_pts": set(DENSITY), "min_cluster_size": {"hdbscan", "elki-hdbscan"}, "variant": {"elki-kmeans"}}
+OPTION_METHODS = {"k": NEEDS_K, "height": set(HIERARCHICAL), "eps": {"dbscan", "elki-dbscan"},
+                  "min_pts": set(DENSITY), "min_cluster_size": {"hdbscan", "elki-hdbscan", "mst-hdbscan", "knn-hdbscan"},
+                  "variant": {"elki-kmeans"}}
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
@@ -624,10 +659,15 @@ def register_cli(subparsers) -> None:
     """``cml cluster FILE --method M [--k K] [--out FILE.csv] [--metrics FILE.json]``."""
     p = subparsers.add_parser("cluster", description=__doc__.split("\n\n")[0])
     add_table_arguments(p)
-    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--method", required=True, choices=METHODS, metavar="METHOD",
+                   help=f"exact: {', '.join(m for m in METHODS if m in EXACT)}; approximate (a k-NN graph, "
+                        f"or k-means' local optimum): {', '.join(m for m in METHODS if m not in EXACT)}. mst-single and "
+                        "mst-hdbscan are exact single linkage and HDBSCAN* in this process (seconds at 20,000 rows); "
+                        "knn-single and knn-hdbscan the same over a k-NN graph (a million rows)")
     p.add_argument("--k", type=count, help="number of clusters (default: number of distinct labels)")
     p.add_argument("--height", type=non_negative,
-                   help="ELKI hierarchical: cut the dendrogram at this height instead of k")
+                   help="hierarchical (elki-* linkages, mst-single, knn-single): cut the dendrogram at this "
+                        "height instead of k")
     p.add_argument("--eps", type=positive, help="DBSCAN radius (default: knee of the k-distance curve)")
     p.add_argument("--min-pts", type=count, help="DBSCAN/HDBSCAN neighbourhood size, the point included (default 5)")
     p.add_argument("--min-cluster-size", type=cluster_size, help="HDBSCAN smallest cluster (default 5)")

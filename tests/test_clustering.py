@@ -79,7 +79,7 @@ def test_bad_calls(blobs):
         cluster(X, "kmeans")
     with pytest.raises(ValueError, match="only 120 points"):
         cluster(X, "kmeans", k=500)
-    assert len(METHODS) == 11
+    assert len(METHODS) == 15
 
 
 def test_rows_without_a_direction_are_named_or_dropped(caplog):
@@ -321,6 +321,14 @@ def test_what_scales_runs_at_100k_rows(method):
         assert too_costly(method, 1_000_000, 128, memory_mb=18 * GIB) is None
     else:
         assert re.search(r"O\(n\^2(\.\d)?\) time", too_costly(method, 1_000_000, 128, memory_mb=18 * GIB))
+
+
+@pytest.mark.parametrize("method", ["mst-single", "mst-hdbscan", "knn-single", "knn-hdbscan"])
+def test_a_hierarchy_runs_at_100k_rows_and_a_k_nn_one_at_a_million(method):
+    from cml.clustering import too_costly
+    assert too_costly(method, 100_000, 128, memory_mb=18 * GIB) is None
+    at_1m = too_costly(method, 1_000_000, 128, memory_mb=18 * GIB)
+    assert (at_1m is None) if method.startswith("knn-") else at_1m.startswith("skipped at 1,000,000 rows: O(n^2)")
 
 
 def test_the_time_guard_extrapolates_the_measured_base_point():
