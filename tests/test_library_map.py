@@ -188,6 +188,21 @@ def test_a_shift_click_adds_a_seed_and_a_journey_needs_two(page):
     assert len(journey) == 5 and journey[0] == "t0" and journey[-1] == "t30"
 
 
+def test_play_in_order_plays_the_playlist_through_and_skips_tracks_without_audio(page):
+    browser = load(page)
+    for row in (6, 0, 8):  # a missing file, a playable one, a file that is not audio
+        browser.click(*point(browser, row), modifiers=8)
+    browser.evaluate("document.getElementById('cml-length').value = 6; document.getElementById('cml-make').click()")
+    order = browser.wait_for("(l => l.length && l.map(li => li.dataset.id))"
+                             "([...document.querySelectorAll('#cml-playlist li')])")
+    browser.evaluate("window.__played = []; const p = document.getElementById('cml-player'); "
+                     "p.addEventListener('playing', () => window.__played.push(p.dataset.row))")
+    browser.evaluate("document.getElementById('cml-playall').click()")
+    playable = [i for i in order if i not in ("t6", "t7", "t8")]
+    played = browser.wait_for(f"window.__played.length === {len(playable)} && window.__played", timeout=30)
+    assert [f"t{row}" for row in played] == playable and "t6" in order and "t8" in order
+
+
 def test_push_to_spotify_goes_through_cml_spotify_push(tmp_path, browser, monkeypatch):
     table = make_library(tmp_path, uris=True)
     with FakeSpotify(n_tracks=N + 2) as fake:
