@@ -5,9 +5,13 @@ Spotify goes over HTTP to tests/fake_spotify.py.
 """
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
+import threading
 from http.client import HTTPConnection
 from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
 import pandas as pd
@@ -116,6 +120,11 @@ def test_hover_shows_the_name_label_and_cluster_of_the_track_under_the_mouse(pag
     browser = load(page)
     assert hover_text(browser, 9) == "Song 9label: <b>calm</b>cluster: noise"  # cml cluster's -1
     assert "audio file missing" in hover_text(browser, 6)
+    browser.evaluate("(s => { s.value = 'clusters'; s.dispatchEvent(new Event('change')); })"
+                     "(document.getElementById('cml-colour'))")
+    legend = browser.wait_for("(t => t.includes('noise') && t)([...document.querySelectorAll('.legendtext')]"
+                              ".map(e => e.textContent))")
+    assert legend[:3] == ["0", "1", "noise"]  # coloured by cml cluster's clusters now
 
 
 def test_names_and_labels_are_shown_as_text_never_run_as_markup(page):
@@ -291,6 +300,23 @@ def test_playlist_names_become_safe_file_names():
     assert safe_name("../../etc/passwd") == "etc_passwd"
     assert safe_name("  ") == "playlist" and safe_name(".hidden") == "hidden"
     assert safe_name("Été à Paris") == "Été à Paris"
+
+
+def test_cml_map_serves_the_page_until_stopped(library):
+    command = [sys.executable, "-m", "cml.cli", "map", str(library[0]), "--port", "0", "--no-browser",
+               "--projection", "pca"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(120, server.kill)  # never hang the suite
+    watchdog.start()
+    try:
+        line = server.stdout.readline()
+        assert line.startswith(f"the map of {N} tracks (pca): http://127.0.0.1:"), line
+        with urlopen(line.split(": ", 1)[1].split()[0] + "api/map", timeout=30) as response:
+            assert len(json.load(response)["ids"]) == N
+    finally:
+        watchdog.cancel()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_cml_map_reports_a_bad_table_in_one_line(tmp_path, capsys):
