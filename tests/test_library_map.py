@@ -6,9 +6,13 @@ Spotify goes over HTTP to tests/fake_spotify.py.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from http.client import HTTPConnection
 from pathlib import Path
 from urllib.request import urlopen
@@ -338,3 +342,45 @@ def test_the_notebook_widget_answers_the_page_s_requests_as_the_server_does(libr
     made = widget.answer({"id": 4, "name": "playlist", "body": {"seeds": ["t0", "t1"], "length": 5}})[0]
     assert made["ids"] == library[1].playlist(["t0", "t1"], 5)["ids"] and len(made["names"]) == 5
     assert "_plotly" not in widget.keys  # plotly.js is a message, not widget state a saved notebook would keep
+
+
+@pytest.mark.e2e
+def test_the_widget_draws_plays_and_makes_playlists_in_jupyterlab(library, browser, tmp_path):
+    """The notebook widget in a real JupyterLab (about a minute: the server and a kernel start)."""
+    cell = ("from cml.map_widget import show_map\nfrom cml.tables import read_feature_table\n"
+            f"show_map(read_feature_table({str(library[0])!r}, drop_invalid=True), projection='pca')")
+    notebook = {"cells": [{"cell_type": "code", "execution_count": None, "id": "map", "metadata": {}, "outputs": [],
+                           "source": cell}], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"name": "cml", "display_name": "Python (cml)", "language": "python"}}}
+    (tmp_path / "map.ipynb").write_text(json.dumps(notebook))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--allow-root",
+                            "--ServerApp.token=t", f"--ServerApp.root_dir={tmp_path}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        browser.send("Page.navigate", url=f"http://127.0.0.1:{port}/lab/tree/map.ipynb?token=t")
+        browser.wait_for("!!document.querySelector('.jp-Notebook .jp-Cell .cm-content')", timeout=120)
+        run = "[data-command='notebook:run-cell-and-select-next']"
+        browser.wait_for(f"!!document.querySelector(\"{run}\")", timeout=60)
+        time.sleep(5)  # let the kernel connect (a run asked for earlier is dropped)
+        button = browser.evaluate(f"(r => [r.x + r.width / 2, r.y + r.height / 2])"
+                                  f"(document.querySelector(\"{run}\").getBoundingClientRect())")
+        browser.click(*button)  # the toolbar's run button
+        status = browser.wait_for("(e => e && e.textContent.includes('drawn') && e.textContent)"
+                                  "(document.getElementById('cml-status'))", timeout=120)
+        assert status.startswith(f"{N} tracks drawn · pca")
+        browser.click(*point(browser, 0), modifiers=8)
+        browser.evaluate("document.getElementById('cml-length').value = 5; document.getElementById('cml-make').click()")
+        shown = browser.wait_for("(l => l.length && l.map(li => li.dataset.id))"
+                                 "([...document.querySelectorAll('#cml-playlist li')])", timeout=60)
+        assert browser.evaluate("[...document.querySelectorAll('#cml-seeds li')].map(li => li.dataset.id)") == ["t0"]
+        assert shown == library[1].playlist(["t0"], 5)["ids"]  # computed by the kernel, over the comm
+        browser.click(*point(browser, 2))
+        audio = browser.wait_for("(p => p.readyState >= 1 && [p.currentSrc, p.duration])"
+                                 "(document.getElementById('cml-player'))", timeout=30)
+        assert audio[0].startswith("blob:") and audio[1] == pytest.approx(0.5, abs=0.01)  # the file, over the comm
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)
