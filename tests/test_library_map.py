@@ -5,9 +5,17 @@ Spotify goes over HTTP to tests/fake_spotify.py.
 """
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
 import sys
+import threading
+import time
 from http.client import HTTPConnection
 from pathlib import Path
+from urllib.request import urlopen
 
 import numpy as np
 import pandas as pd
@@ -116,6 +124,11 @@ def test_hover_shows_the_name_label_and_cluster_of_the_track_under_the_mouse(pag
     browser = load(page)
     assert hover_text(browser, 9) == "Song 9label: <b>calm</b>cluster: noise"  # cml cluster's -1
     assert "audio file missing" in hover_text(browser, 6)
+    browser.evaluate("(s => { s.value = 'clusters'; s.dispatchEvent(new Event('change')); })"
+                     "(document.getElementById('cml-colour'))")
+    legend = browser.wait_for("(t => t.includes('noise') && t)([...document.querySelectorAll('.legendtext')]"
+                              ".map(e => e.textContent))")
+    assert legend[:3] == ["0", "1", "noise"]  # coloured by cml cluster's clusters now
 
 
 def test_names_and_labels_are_shown_as_text_never_run_as_markup(page):
@@ -186,6 +199,21 @@ def test_a_shift_click_adds_a_seed_and_a_journey_needs_two(page):
     journey = browser.wait_for("(l => l.length && l.map(li => li.dataset.id))"
                                "([...document.querySelectorAll('#cml-playlist li')])")
     assert len(journey) == 5 and journey[0] == "t0" and journey[-1] == "t30"
+
+
+def test_play_in_order_plays_the_playlist_through_and_skips_tracks_without_audio(page):
+    browser = load(page)
+    for row in (6, 0, 8):  # a missing file, a playable one, a file that is not audio
+        browser.click(*point(browser, row), modifiers=8)
+    browser.evaluate("document.getElementById('cml-length').value = 6; document.getElementById('cml-make').click()")
+    order = browser.wait_for("(l => l.length && l.map(li => li.dataset.id))"
+                             "([...document.querySelectorAll('#cml-playlist li')])")
+    browser.evaluate("window.__played = []; const p = document.getElementById('cml-player'); "
+                     "p.addEventListener('playing', () => window.__played.push(p.dataset.row))")
+    browser.evaluate("document.getElementById('cml-playall').click()")
+    playable = [i for i in order if i not in ("t6", "t7", "t8")]
+    played = browser.wait_for(f"window.__played.length === {len(playable)} && window.__played", timeout=30)
+    assert [f"t{row}" for row in played] == playable and "t6" in order and "t8" in order
 
 
 def test_push_to_spotify_goes_through_cml_spotify_push(tmp_path, browser, monkeypatch):
@@ -278,6 +306,23 @@ def test_playlist_names_become_safe_file_names():
     assert safe_name("Été à Paris") == "Été à Paris"
 
 
+def test_cml_map_serves_the_page_until_stopped(library):
+    command = [sys.executable, "-m", "cml.cli", "map", str(library[0]), "--port", "0", "--no-browser",
+               "--projection", "pca"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(120, server.kill)  # never hang the suite
+    watchdog.start()
+    try:
+        line = server.stdout.readline()
+        assert line.startswith(f"the map of {N} tracks (pca): http://127.0.0.1:"), line
+        with urlopen(line.split(": ", 1)[1].split()[0] + "api/map", timeout=30) as response:
+            assert len(json.load(response)["ids"]) == N
+    finally:
+        watchdog.cancel()
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_cml_map_reports_a_bad_table_in_one_line(tmp_path, capsys):
     (tmp_path / "t.csv").write_text("id,f0\na,nan\n")
     assert main(["map", str(tmp_path / "t.csv"), "--no-browser", "--projection", "pca"]) == 1
@@ -297,3 +342,45 @@ def test_the_notebook_widget_answers_the_page_s_requests_as_the_server_does(libr
     made = widget.answer({"id": 4, "name": "playlist", "body": {"seeds": ["t0", "t1"], "length": 5}})[0]
     assert made["ids"] == library[1].playlist(["t0", "t1"], 5)["ids"] and len(made["names"]) == 5
     assert "_plotly" not in widget.keys  # plotly.js is a message, not widget state a saved notebook would keep
+
+
+@pytest.mark.e2e
+def test_the_widget_draws_plays_and_makes_playlists_in_jupyterlab(library, browser, tmp_path):
+    """The notebook widget in a real JupyterLab (about a minute: the server and a kernel start)."""
+    cell = ("from cml.map_widget import show_map\nfrom cml.tables import read_feature_table\n"
+            f"show_map(read_feature_table({str(library[0])!r}, drop_invalid=True), projection='pca')")
+    notebook = {"cells": [{"cell_type": "code", "execution_count": None, "id": "map", "metadata": {}, "outputs": [],
+                           "source": cell}], "nbformat": 4, "nbformat_minor": 5,
+                "metadata": {"kernelspec": {"name": "cml", "display_name": "Python (cml)", "language": "python"}}}
+    (tmp_path / "map.ipynb").write_text(json.dumps(notebook))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lab = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--allow-root",
+                            "--ServerApp.token=t", f"--ServerApp.root_dir={tmp_path}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        browser.send("Page.navigate", url=f"http://127.0.0.1:{port}/lab/tree/map.ipynb?token=t")
+        browser.wait_for("!!document.querySelector('.jp-Notebook .jp-Cell .cm-content')", timeout=120)
+        run = "[data-command='notebook:run-cell-and-select-next']"
+        browser.wait_for(f"!!document.querySelector(\"{run}\")", timeout=60)
+        time.sleep(5)  # let the kernel connect (a run asked for earlier is dropped)
+        button = browser.evaluate(f"(r => [r.x + r.width / 2, r.y + r.height / 2])"
+                                  f"(document.querySelector(\"{run}\").getBoundingClientRect())")
+        browser.click(*button)  # the toolbar's run button
+        status = browser.wait_for("(e => e && e.textContent.includes('drawn') && e.textContent)"
+                                  "(document.getElementById('cml-status'))", timeout=120)
+        assert status.startswith(f"{N} tracks drawn · pca")
+        browser.click(*point(browser, 0), modifiers=8)
+        browser.evaluate("document.getElementById('cml-length').value = 5; document.getElementById('cml-make').click()")
+        shown = browser.wait_for("(l => l.length && l.map(li => li.dataset.id))"
+                                 "([...document.querySelectorAll('#cml-playlist li')])", timeout=60)
+        assert browser.evaluate("[...document.querySelectorAll('#cml-seeds li')].map(li => li.dataset.id)") == ["t0"]
+        assert shown == library[1].playlist(["t0"], 5)["ids"]  # computed by the kernel, over the comm
+        browser.click(*point(browser, 2))
+        audio = browser.wait_for("(p => p.readyState >= 1 && [p.currentSrc, p.duration])"
+                                 "(document.getElementById('cml-player'))", timeout=30)
+        assert audio[0].startswith("blob:") and audio[1] == pytest.approx(0.5, abs=0.01)  # the file, over the comm
+    finally:
+        os.killpg(lab.pid, signal.SIGTERM)
+        lab.wait(timeout=30)
