@@ -116,6 +116,7 @@ COSTS = {
     "knn-single": Cost(64.1, 100_000, 1, 4),
     "knn-hdbscan": Cost(47.0, 100_000, 1, 4),
 }
+ZSCORED = ("handcrafted", "musicnn")  # the baseline spaces, scored with their columns z-scored over the tracks
 PYTHON_MB = 256  # the interpreter and its imports (the benchmark's Python workers: 217-245 MiB before the data)
 DBSCAN_SAMPLE = 1000  # rows whose eps-neighbourhoods are counted to size scikit-learn DBSCAN's lists
 NEIGHBOUR_BYTES = 16  # per neighbour in those lists: an int64 index, and while they are gathered its distance
@@ -425,7 +426,7 @@ def discover_tables(embeddings_dir: str | Path, baselines: Mapping[str, str | Pa
 
 
 def load_tables(paths: Mapping[str, str | Path], *, ids: Sequence[str] | None = None,
-                labels: Mapping[str, object] | None = None, zscored: Sequence[str] = ("handcrafted",)
+                labels: Mapping[str, object] | None = None, zscored: Sequence[str] = ZSCORED
                 ) -> dict[str, FeatureTable]:
     """Read feature tables, keep the rows in ``ids`` (in that order; all rows when None), take the true
     labels from ``labels`` (id -> label) when given, and z-score the tables named in ``zscored``.
