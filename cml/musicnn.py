@@ -39,7 +39,7 @@ LAYERS = {  # per-patch vectors each architecture gives, with their sizes
     "musicnn": {"taggram": 50, "penultimate": 200, "mean_pool": 753, "max_pool": 753},
     "vgg": {"taggram": 50, "pool5": 256},
 }
-DEFAULT_LAYER = {"musicnn": "max_pool", "vgg": "pool5"}  # of a model given without a layer
+DEFAULT_LAYER = {"musicnn": "mean_pool", "vgg": "pool5"}  # of a model given without a layer (benchmarks/musicnn)
 WEIGHTS = Path(__file__).parent / "weights" / "musicnn"
 BN_EPS = 1e-3  # tf.compat.v1.layers.batch_normalization's epsilon
 
@@ -136,7 +136,7 @@ class VggNet(nn.Module):
 class MusicnnConfig:
     """Which pretrained model and which of its layers (params.yaml section `musicnn`, stage embed_musicnn)."""
 
-    model: str = "MSD_musicnn"  # one of MODELS; chosen on the default corpus and the soundtracks' training split
+    model: str = "MSD_musicnn"  # one of MODELS; with mean_pool, scored z-scored: best on the tuning sets (benchmarks/musicnn)
     layer: Optional[str] = None  # one of LAYERS[arch]; None: DEFAULT_LAYER of the model's architecture
 
     def __post_init__(self) -> None:

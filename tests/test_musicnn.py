@@ -60,7 +60,7 @@ def test_the_front_end_is_librosas_melspectrogram_with_musicnns_compression():
 def test_model_and_layer_are_chosen_by_name():
     assert MusicnnConfig.parse("") == MusicnnConfig()
     assert MusicnnConfig.parse("MTT_vgg") == MusicnnConfig("MTT_vgg", "pool5") == MusicnnConfig("MTT_vgg")
-    assert MusicnnConfig.parse("MTT_musicnn").layer == "max_pool"
+    assert MusicnnConfig.parse("MTT_musicnn").layer == "mean_pool" and MusicnnConfig().model == "MSD_musicnn"
     assert MusicnnConfig.parse("MSD_musicnn:penultimate").embed_dim == 200
     with pytest.raises(CmlError, match=r"unknown musicnn model 'MTT_resnet'; one of MTT_musicnn"):
         MusicnnConfig.parse("MTT_resnet")
