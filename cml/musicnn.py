@@ -136,7 +136,7 @@ class VggNet(nn.Module):
 class MusicnnConfig:
     """Which pretrained model and which of its layers (params.yaml section `musicnn`, stage embed_musicnn)."""
 
-    model: str = "MSD_musicnn"  # one of MODELS; with mean_pool, scored z-scored: best on the tuning sets (benchmarks/musicnn)
+    model: str = "MSD_musicnn"  # one of MODELS; the default with mean_pool, z-scored (benchmarks/musicnn)
     layer: Optional[str] = None  # one of LAYERS[arch]; None: DEFAULT_LAYER of the model's architecture
 
     def __post_init__(self) -> None:
