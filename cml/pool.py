@@ -33,7 +33,7 @@ import soundfile as sf
 
 from cml.errors import CmlError, UsageError, check_output, count, one_line
 from cml.soundtracks import (
-    CACHE_ENV, SOUNDTRACKS, drop_duplicates, extract_members, fetch_deb, run_tasks, sha256_file, transcode,
+    CACHE_ENV, SOUNDTRACKS, drop_duplicates, extract_members, fetch_deb, run_tasks, sha256_file, try_transcode,
 )
 from cml.sources import slug
 
@@ -194,12 +194,9 @@ def _transcode_task(task: tuple[PoolTrack, Path, int, float]) -> dict:
     """One pool row, or {'source', 'reason'} when the recording is not used (the build goes on)."""
     track, out_dir, sample_rate, min_duration = task
     dst = out_dir / "audio" / track.label / f"{track.id}.flac"
-    try:
-        n = transcode(track.file, dst, sample_rate)
-    except Exception as err:  # noqa: BLE001 - one bad file must never stop the build
-        dst.unlink(missing_ok=True)
-        reason = f"{type(err).__name__}: {err}".replace(str(track.file), track.file.name)  # not the temp folder
-        return {"source": track.source, "reason": one_line(reason)[:300]}
+    n = try_transcode(track.file, dst, sample_rate, track.source)
+    if isinstance(n, dict):
+        return n
     if n < min_duration * sample_rate:
         dst.unlink()
         return {"source": track.source, "reason": f"too short ({n / sample_rate:.1f} s < {min_duration:g} s)"}

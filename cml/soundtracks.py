@@ -249,16 +249,23 @@ def transcode(src: Path, dst: Path, sample_rate: int) -> int:
     return len(mono)
 
 
+def try_transcode(src: Path, dst: Path, sample_rate: int, source: str) -> int | dict:
+    """`transcode`, or {'source', 'reason'} when the file cannot be used (the build goes on without it)."""
+    try:
+        return transcode(src, dst, sample_rate)
+    except Exception as err:  # noqa: BLE001 - one bad file must never stop the build
+        dst.unlink(missing_ok=True)
+        reason = f"{type(err).__name__}: {err}".replace(str(src), src.name)  # not the temp folder
+        return {"source": source, "reason": one_line(reason)[:300]}
+
+
 def _transcode_task(task: tuple[Track, Path, int]) -> dict:
     """One manifest row, or {'source', 'reason'} when the track cannot be used (the build goes on)."""
     track, out_dir, sample_rate = task
     dst = out_dir / "audio" / track.label / f"{track.id}.flac"
-    try:
-        n = transcode(track.file, dst, sample_rate)
-    except Exception as err:  # noqa: BLE001 - one bad file must never stop the build
-        dst.unlink(missing_ok=True)
-        reason = f"{type(err).__name__}: {err}".replace(str(track.file), track.file.name)  # not the temp folder
-        return {"source": track.source, "reason": one_line(reason)[:300]}
+    n = try_transcode(track.file, dst, sample_rate, track.source)
+    if isinstance(n, dict):
+        return n
     return {"id": track.id, "path": dst.relative_to(out_dir).as_posix(), "label": track.label,
             "title": track.file.stem, "duration": round(n / sample_rate, 3), "source": track.source}
 

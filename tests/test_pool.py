@@ -127,17 +127,19 @@ def test_a_second_build_with_two_workers_gives_the_same_bytes(built, tmp_path):
     assert files_of(tmp_path) == files_of(first)
 
 
+REAL_TRANSCODE = soundtracks.transcode  # the real one, also when a test patches twice
+
+
 def interrupt_after(monkeypatch, n: int, done: list[str]) -> None:
     """Make the build's transcoding record what it transcodes, and stop the build (Ctrl-C) at call n + 1."""
-    real = soundtracks.transcode  # the real one, also when a test patches twice
 
     def transcode(src, dst, rate):
         if len(done) == n:
             raise KeyboardInterrupt
         done.append(Path(dst).stem)
-        return real(src, dst, rate)
+        return REAL_TRANSCODE(src, dst, rate)
 
-    monkeypatch.setattr(pool, "transcode", transcode)
+    monkeypatch.setattr(soundtracks, "transcode", transcode)
 
 
 def test_an_interrupted_build_resumes_without_redoing_finished_files(built, tmp_path, monkeypatch):
