@@ -34,6 +34,7 @@ from cml.errors import CmlError, one_line
 MUSICNN_MEL = MelConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96, f_min=0.0, f_max=8000.0,
                         mel_scale="slaney", mel_norm="slaney", compression="log10_1p_1e4")
 PATCH_FRAMES = 187  # 3 s: librosa.time_to_frames(3, sr=16000, n_fft=512, hop_length=256) + 1, the training input
+PATCH_BATCH = 4  # patches per pass: the convolutions' maps of a few patches stay in cache (2x faster than 64 on a CPU)
 MODELS = ("MTT_musicnn", "MSD_musicnn", "MTT_vgg", "MSD_vgg")
 LAYERS = {  # per-patch vectors each architecture gives, with their sizes
     "musicnn": {"taggram": 50, "penultimate": 200, "mean_pool": 753, "max_pool": 753},
@@ -184,7 +185,8 @@ class Musicnn(nn.Module):
         return self.net(x.transpose(1, 2))
 
     def embed(self, x: Tensor) -> Tensor:
-        return self.layers(x)[self.cfg.layer]
+        """(B, n_mels, T) -> (B, embed_dim), `PATCH_BATCH` patches per pass."""
+        return torch.cat([self.layers(part)[self.cfg.layer] for part in x.split(PATCH_BATCH)])
 
 
 def weights_path(model: str) -> Path:
