@@ -24,9 +24,10 @@ non-finite embedding is skipped with a one-line reason (`Embedded.skipped`, and 
 MODEL on the command line is a checkpoint path, `untrained:VARIANT` for the random-init baseline
 (architecture: `EncoderConfig` defaults, changed with `--set dim=64 --set depth=2 ...`, weights from
 `--seed`), or `musicnn[:MODEL[:LAYER]]` for the pretrained tagger baseline (`cml.musicnn`: its own front
-end, and its 3 s training patch as the window, half-overlapping like the encoders' windows). An untrained model has no stored input standardisation, so its `Normalizer` is measured
-on the log-mels of (at most 16 of) the tracks to embed, the training split when there is one: a global
-mean and std, no labels involved, the same kind of constants a checkpoint stores.
+end, and its 3 s training patch as the window, half-overlapping like the encoders' windows). An untrained
+model has no stored input standardisation, so its `Normalizer` is measured on the log-mels of (at most 16
+of) the tracks to embed, the training split when there is one: a global mean and std, no labels involved,
+the same kind of constants a checkpoint stores.
 """
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import sys
 import typing
