@@ -400,7 +400,8 @@ def cluster_scores(X: np.ndarray, result: ClusterResult, true_labels=None, *, se
 # --------------------------------------------------------------------------------------------------
 # The grid of the ClusterTesting notebook: every feature table x every method, and what to show of it.
 
-DENSITY = ("elki-hdbscan", "elki-dbscan", "dbscan", "hdbscan", "mst-hdbscan", "knn-hdbscan")  # choose their own number of clusters
+HDBSCAN_METHODS = ("elki-hdbscan", "hdbscan", "mst-hdbscan", "knn-hdbscan")
+DENSITY = ("elki-hdbscan", "elki-dbscan", "dbscan", "hdbscan", "mst-hdbscan", "knn-hdbscan")  # choose their own k
 GRID_METRICS = ("nmi", "ari", "v_measure", "purity", "silhouette", "davies_bouldin", "n_clusters",
                 "noise_fraction")
 LOWER_IS_BETTER = {"davies_bouldin"}
@@ -612,8 +613,7 @@ def cluster_size(text: str) -> int:
 
 # The methods each option applies to; given to another method, it would be silently ignored.
 OPTION_METHODS = {"k": NEEDS_K, "height": set(HIERARCHICAL), "eps": {"dbscan", "elki-dbscan"},
-                  "min_pts": set(DENSITY), "min_cluster_size": {"hdbscan", "elki-hdbscan", "mst-hdbscan", "knn-hdbscan"},
-                  "variant": {"elki-kmeans"}}
+                  "min_pts": set(DENSITY), "min_cluster_size": set(HDBSCAN_METHODS), "variant": {"elki-kmeans"}}
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
@@ -662,9 +662,10 @@ def register_cli(subparsers) -> None:
     add_table_arguments(p)
     p.add_argument("--method", required=True, choices=METHODS, metavar="METHOD",
                    help=f"exact: {', '.join(m for m in METHODS if m in EXACT)}; approximate (a k-NN graph, "
-                        f"or k-means' local optimum): {', '.join(m for m in METHODS if m not in EXACT)}. mst-single and "
-                        "mst-hdbscan are exact single linkage and HDBSCAN* in this process (seconds at 20,000 rows); "
-                        "knn-single and knn-hdbscan the same over a k-NN graph (a million rows)")
+                        f"or k-means' local optimum): {', '.join(m for m in METHODS if m not in EXACT)}. "
+                        "mst-single and mst-hdbscan are exact single linkage and HDBSCAN* in this process "
+                        "(seconds at 20,000 rows); knn-single and knn-hdbscan the same over a k-NN graph "
+                        "(a million rows)")
     p.add_argument("--k", type=count, help="number of clusters (default: number of distinct labels)")
     p.add_argument("--height", type=non_negative,
                    help="hierarchical (elki-* linkages, mst-single, knn-single): cut the dendrogram at this "

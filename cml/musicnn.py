@@ -3,7 +3,7 @@
 `musicnn` 0.1.0 (ISC licence, Music Technology Group, Universitat Pompeu Fabra) ships four TensorFlow-1
 taggers trained with tag supervision: MTT_musicnn and MTT_vgg on MagnaTagATune (50 tags), MSD_musicnn and
 MSD_vgg on the Million Song Dataset (50 tags). Its TensorFlow code pins numpy < 1.17, so the checkpoints
-were converted once (`benchmarks/musicnn/convert.py`, run in a throwaway environment) into the PyTorch
+were converted once (`scripts/convert_musicnn.py`, run in a throwaway environment) into the PyTorch
 modules below; the weights ship in `cml/weights/musicnn/` with the licence. A test checks the port against
 the original's outputs on a fixed input, stored as a fixture.
 

@@ -37,7 +37,7 @@ def fixture_input() -> np.ndarray:
     return np.random.default_rng(SEED).uniform(0, 4, (PATCHES, FRAMES, MELS)).astype(np.float32)
 
 
-def _bn(reader, tf_name: str, torch_name: str, dims: int = 2) -> dict[str, np.ndarray]:
+def _bn(reader, tf_name: str, torch_name: str) -> dict[str, np.ndarray]:
     get = lambda v: reader.get_tensor(f"{tf_name}/{v}")
     return {f"{torch_name}.weight": get("gamma"), f"{torch_name}.bias": get("beta"),
             f"{torch_name}.running_mean": get("moving_mean"), f"{torch_name}.running_var": get("moving_variance"),
@@ -46,7 +46,8 @@ def _bn(reader, tf_name: str, torch_name: str, dims: int = 2) -> dict[str, np.nd
 
 def _conv(reader, tf_name: str, torch_name: str) -> dict[str, np.ndarray]:
     kernel = reader.get_tensor(f"{tf_name}/kernel")  # (kh, kw, in, out) -> (out, in, kh, kw)
-    return {f"{torch_name}.weight": kernel.transpose(3, 2, 0, 1), f"{torch_name}.bias": reader.get_tensor(f"{tf_name}/bias")}
+    return {f"{torch_name}.weight": kernel.transpose(3, 2, 0, 1),
+            f"{torch_name}.bias": reader.get_tensor(f"{tf_name}/bias")}
 
 
 def _dense(reader, tf_name: str, torch_name: str) -> dict[str, np.ndarray]:
