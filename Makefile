@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.cml-installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system data repro soundtracks pool test lab bench clean
+.PHONY: setup system data repro soundtracks pool pretrain test lab bench clean
 
 setup: system $(INSTALLED)  ## install system packages and the Python environment
 
@@ -44,6 +44,13 @@ POOL_DIR ?= $(HOME)/.cache/cml/pool
 pool: setup  ## fetch and transcode the pretraining pool into POOL_DIR: about 10 min on 2 cores, 3.9 GB of .deb files
 	cml pool fetch
 	cml pool build --out $(POOL_DIR)
+
+# The shipped encoder (cml/weights/pretrained): the pool, then `cml pretrain` with params.yaml's pretrain section,
+# on one thread as the shipped one was made (the same weights). It resumes after an interruption (run it again);
+# --ship replaces the shipped checkpoint and its card.json.
+PRETRAIN_DIR ?= $(HOME)/.cache/cml/pretrain
+pretrain: pool  ## pretrain the shipped encoder on the pool and ship it: about 13 min on one core
+	OMP_NUM_THREADS=1 cml pretrain --pool $(POOL_DIR) --out $(PRETRAIN_DIR) --ship
 
 test: setup  ## run the test suite, including an end-to-end pipeline run
 	$(VENV)/bin/python -m pytest -q

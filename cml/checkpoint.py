@@ -36,6 +36,16 @@ from cml.model import Encoder, EncoderConfig
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+PRETRAINED = "pretrained"  # the MODEL name of the encoder shipped with cml (`cml pretrain` made it)
+PRETRAINED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "pretrained" / "encoder.pt"
+
+
+def pretrained_checkpoint() -> Path:
+    """The shipped encoder's file, or a one-line error when this checkout lacks it."""
+    if not PRETRAINED_CHECKPOINT.is_file():
+        raise UsageError(f"the pretrained encoder is missing ({PRETRAINED_CHECKPOINT}): "
+                         "restore it with git checkout, or make it with make pretrain")
+    return PRETRAINED_CHECKPOINT
 
 
 @dataclass

@@ -24,6 +24,7 @@ COMMANDS = {
     "tracks": ("dataset", "build the track table (audio source, labels, split, skip report)"),
     "features": ("features", "handcrafted descriptors and the MFCC/chroma/contrast baseline per track"),
     "train": ("train", "train a contrastive encoder (one positional variant)"),
+    "pretrain": ("pretrain", "pretrain the shipped encoder on the pool (resumable), and ship it"),
     "embed": ("embed", "one embedding per track (the mean of windows of 8x the training crop) as a feature table"),
     "evaluate": ("evaluation", "k-NN, linear-probe, NMI and ARI of a feature table (the Compare notebook's scores)"),
     "neighbours": ("index", "the nearest tracks of a track in a feature table, with their paths"),

@@ -109,15 +109,16 @@ COSTS = {
     "kmeans": Cost(2.8, 100_000, 1, 1),
     "dbscan": Cost(176.4, 100_000, 2, 4),  # + its neighbourhood lists, sized from the data (`dbscan_lists_mb`)
     "hdbscan": Cost(69.6, 20_000, 2, 1),
-    # cml.hierarchy on both cores, on a machine loaded far beyond them (load ~10: benchmarks/hierarchy/README.md);
-    # its own two passes over the distance matrix are quadratic, the k-NN graph's index linear.
-    "mst-single": Cost(194.1, 100_000, 2, 4),
-    "mst-hdbscan": Cost(4.5, 20_000, 2, 4),
+    # cml.hierarchy on both cores of a quiet machine (benchmarks/hierarchy/README.md): its two passes over the
+    # distance matrix are quadratic; the k-NN graph's index is linear (those two measured at load ~10).
+    "mst-single": Cost(35.7, 100_000, 2, 4),
+    "mst-hdbscan": Cost(36.5, 100_000, 2, 4),
     "knn-single": Cost(64.1, 100_000, 1, 4),
     "knn-hdbscan": Cost(47.0, 100_000, 1, 4),
 }
 ZSCORED = ("handcrafted", "musicnn")  # the baseline spaces, scored with their columns z-scored over the tracks
-PYTHON_MB = 256  # the interpreter and its imports (the benchmark's Python workers: 217-245 MiB before the data)
+PYTHON_MB = 320  # the interpreter and its imports (the benchmark's workers: 217-245 MiB before the data, and
+#   cml.hierarchy's compiled kernels and BLAS threads ~60 more: 447 MiB peak at 20k rows, where the tables are 137)
 DBSCAN_SAMPLE = 1000  # rows whose eps-neighbourhoods are counted to size scikit-learn DBSCAN's lists
 NEIGHBOUR_BYTES = 16  # per neighbour in those lists: an int64 index, and while they are gathered its distance
 

@@ -146,7 +146,7 @@ def check_finite(X: np.ndarray) -> np.ndarray:
     if len(bad):
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         raise ValueError(f"NaN or inf values in {len(bad)} rows (row indices {shown}); "
-                         "ELKI needs finite features")
+                         "clustering needs finite features")
     return X
 
 

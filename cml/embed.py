@@ -48,7 +48,9 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from cml.audio import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
-from cml.checkpoint import Normalizer, load_encoder, process_device, read_checkpoint, untrained_encoder
+from cml.checkpoint import (
+    PRETRAINED, Normalizer, load_encoder, pretrained_checkpoint, process_device, read_checkpoint, untrained_encoder,
+)
 from cml.model import Encoder, EncoderConfig, chunk_windows
 from cml.musicnn import MUSICNN_MEL, PATCH_FRAMES, Musicnn, MusicnnConfig, load_musicnn, weights_sha256
 from cml.embed_cache import EmbeddingCache, default_folder, model_key
@@ -399,12 +401,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, object]:
 
 def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None, device: str | torch.device = "cpu",
                frontend: MelConfig = MelConfig()) -> tuple[Encoder, MelConfig, Optional[Normalizer]]:
-    """A checkpoint path, `untrained:VARIANT` (random init from `seed`, EncoderConfig + `overrides`) or
-    `musicnn[:MODEL[:LAYER]]` (the pretrained tagger, its own front end; it standardises its input itself).
+    """A checkpoint path, `pretrained` (the shipped encoder, `cml.pretrain`), `untrained:VARIANT` (random init
+    from `seed`, EncoderConfig + `overrides`) or `musicnn[:MODEL[:LAYER]]` (the pretrained tagger, its own front
+    end; it standardises its input itself).
 
     The untrained model comes with the `frontend` log-mel (the encoder takes its n_mels) and no Normalizer:
     measure one with `estimate_normalizer`. A checkpoint's architecture and front end are never overridden.
     """
+    if spec == PRETRAINED:
+        if overrides:
+            raise ValueError("--set only applies to untrained:VARIANT; the pretrained encoder brings its own architecture")
+        return load_encoder(pretrained_checkpoint(), map_location=device)
     if spec == MUSICNN or spec.startswith(MUSICNN + ":"):
         if overrides:
             raise ValueError("--set only applies to untrained:VARIANT; musicnn brings its own architecture")
@@ -500,7 +507,7 @@ def _model(args: argparse.Namespace, device: torch.device) -> tuple[Encoder, Mel
             raise
         raise UsageError(f"{args.model}: {one_line(err)}") from err
     trained = not untrained and not isinstance(encoder, Musicnn)
-    training_crop = read_checkpoint(args.model)["train_config"].get("crop_seconds") if trained else None
+    training_crop = read_checkpoint(_checkpoint(args.model))["train_config"].get("crop_seconds") if trained else None
     return encoder, mel_config, normalizer, training_crop
 
 
@@ -521,7 +528,12 @@ def _cache_key(args: argparse.Namespace, encoder: Encoder, mel_config: MelConfig
     settings = {"encoder": dataclasses.asdict(encoder.cfg), **weights, "frontend": dataclasses.asdict(mel_config),
                 "norm": normalizer.to_dict(), "mode": args.mode, "max_seconds": args.max_seconds,
                 "window_seconds": window_seconds if args.mode == "chunked" else None, "seed": args.seed}
-    return model_key(args.model, settings)
+    return model_key(_checkpoint(args.model), settings)
+
+
+def _checkpoint(model: str) -> str:
+    """The file behind a MODEL argument that names one (`pretrained`: the shipped encoder; a key hashes its bytes)."""
+    return str(pretrained_checkpoint()) if model == PRETRAINED else model
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -598,8 +610,9 @@ def _report(args: argparse.Namespace, files: dict[str, Path], tracks: pd.DataFra
 def register_cli(subparsers) -> None:
     """Add `cml embed MODEL (AUDIO_DIR | --tracks tracks.csv) --out FILE`."""
     p = subparsers.add_parser("embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="checkpoint path, untrained:VARIANT for the random-init baseline, or "
-                                 "musicnn[:MODEL[:LAYER]] for the pretrained tagger (e.g. musicnn:MTT_vgg:pool5)")
+    p.add_argument("model", help="pretrained (the encoder shipped with cml: no training), a checkpoint path, "
+                                 "untrained:VARIANT for the random-init baseline, or musicnn[:MODEL[:LAYER]] for "
+                                 "the pretrained tagger (e.g. musicnn:MTT_vgg:pool5)")
     p.add_argument("audio_dir", nargs="?", help="folder of audio, recursive; label = first sub-folder")
     p.add_argument("--tracks", help="track table (CSV with id, path, [label, split]) instead of AUDIO_DIR")
     p.add_argument("--out", required=True, help="feature table to write (.parquet; .csv also works)")

@@ -265,7 +265,8 @@ def score_runs(embeddings_dir: str | Path, variants: Sequence[str], seeds: Seque
     """The Compare table: one row per scored space, columns model, kind, seed and `score_table`'s scores.
 
     Each variant's trained runs (``<embeddings_dir>/<variant>-s<seed>/tracks.parquet``, kind contrastive)
-    and its untrained encoder (``untrained-<variant>``, kind untrained, seed 0); then the baselines (kind
+    and its untrained encoder (``untrained-<variant>``, kind untrained, seed 0); the shipped pretrained encoder,
+    frozen (``pretrained``, kind pretrained); then the baselines (kind
     baseline), each column z-scored over the tracks: the pretrained tagger (``musicnn``: its layers' units
     differ by channel, and z-scoring scored better when its default was chosen) and the handcrafted features
     (they mix units).
@@ -277,6 +278,8 @@ def score_runs(embeddings_dir: str | Path, variants: Sequence[str], seeds: Seque
                          **score_table(root / f"{variant}-s{s}" / "tracks.parquet", tracks, k, seed)})
         rows.append({"model": variant, "kind": "untrained", "seed": 0,
                      **score_table(root / f"untrained-{variant}" / "tracks.parquet", tracks, k, seed)})
+    rows.append({"model": "pretrained", "kind": "pretrained", "seed": 0,
+                 **score_table(root / "pretrained" / "tracks.parquet", tracks, k, seed)})
     baselines = {"musicnn": root / "musicnn" / "tracks.parquet", "handcrafted": handcrafted}
     rows += [{"model": name, "kind": "baseline", "seed": 0, **score_table(path, tracks, k, seed, standardised=True)}
              for name, path in baselines.items()]

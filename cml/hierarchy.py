@@ -8,10 +8,9 @@ that dendrogram, so they are the reference's by construction.
 
 Why our own MST: exact single linkage is n^2 d / 2 multiply-adds, which BLAS does in a fraction of a second
 at 20,000 x 128. No maintained library reaches that in 128 dimensions (``benchmarks/hierarchy/README.md``):
-fastcluster, scipy and scikit-learn compute distances one pair at a time (2-6x our time at 20k); scikit-learn's
-HDBSCAN and fast_hdbscan prune with k-d or ball trees, which prune little in 128 dimensions (18x; over 150 s).
-The hdbscan package's Boruvka over a k-d tree came within 1.1-1.8x of ours, but on ten far-apart blobs, its
-best case; its single linkage (min_samples = 1) and real embeddings were not measured: a candidate to revisit.
+fastcluster, scipy and scikit-learn compute distances one pair at a time (8-10x our time at 20k); scikit-learn's
+HDBSCAN and fast_hdbscan prune with k-d or ball trees, which prune little in 128 dimensions (11x, 3x). The
+hdbscan package's Boruvka over a k-d tree came closest (2x), on ten far-apart blobs, its best case.
 
 Exact (:func:`exact_mst`), Boruvka's algorithm with certified candidate lists: every row keeps the k rows
 with the smallest distance among those outside its component when the list was made, and a bound that
@@ -23,7 +22,10 @@ them keep their bound and are never scanned again, so the work stays a few passe
 matrix instead of one per Boruvka round. Edge lengths are recomputed in float64 from the rows. Edges whose
 float32 lengths differ by less than float32 rounding (about 1e-6 of the squared length) count as ties:
 any of them may be chosen, as with any tie (every MST of the same graph has the same sorted edge lengths,
-so the merge heights are identical; flat clusters can differ only at tied heights).
+so the merge heights are identical; flat clusters can differ only at tied heights). HDBSCAN*'s mutual
+reachability ties by construction (a row reaches every neighbour inside its core distance at exactly that
+distance): there the flat clusters depend on the order of tied merges, in scikit-learn's too, whose result
+changes with the order of the rows (benchmarks/hierarchy/README.md, "HDBSCAN* and ties").
 
 Approximate (:func:`knn_mst`), for libraries beyond what a quadratic pass allows: the MST of the k-NN graph
 that ``cml.index.Index`` finds (faiss IVF above its exact threshold; cosine on unit rows, so

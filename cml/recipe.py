@@ -30,7 +30,7 @@ def sections() -> dict[str, type]:
 
     return {"study": Study, "frontend": MelConfig, "corpus": CorpusConfig, "tracks": TracksConfig,
             "features": FeaturesConfig, "data_analysis": DataAnalysisConfig, "model": EncoderConfig,
-            "train": TrainConfig, "musicnn": MusicnnConfig, "evaluate": EvaluateConfig, "cluster_testing": ClusterTestingConfig,
+            "train": TrainConfig, "pretrain": TrainConfig, "musicnn": MusicnnConfig, "evaluate": EvaluateConfig, "cluster_testing": ClusterTestingConfig,
             "playlists": PlaylistsConfig}
 
 
@@ -50,7 +50,7 @@ def effective(path: str | Path) -> dict[str, dict]:
 
 
 # Fields a run fills from elsewhere (the study's variant, the model and frontend sections): printed there.
-FILLED_ELSEWHERE = {"train": ("variant", "model", "frontend"), "model": ("variant",)}
+FILLED_ELSEWHERE = {"train": ("variant", "model", "frontend"), "pretrain": ("model", "frontend"), "model": ("variant",)}
 
 
 def _cmd_params(args) -> int:

@@ -39,7 +39,10 @@ from tqdm.auto import tqdm
 
 from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, centre_offset, load_audio, track_logmel
 from cml.augment import Augment, AugmentConfig
-from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, process_device, resolve_device, save_checkpoint
+from cml.checkpoint import (
+    PRETRAINED, Normalizer, load_encoder, pretrained_checkpoint, process_device, read_checkpoint, resolve_device,
+    save_checkpoint,
+)
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line
 from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
 from cml.model import Encoder, EncoderConfig
@@ -87,6 +90,7 @@ class TrainConfig:
     cache: str = "auto"  # "memory": whole-track log-mels in RAM; "disk": read each crop; "auto": memory if it fits
     cache_mb: int = 2048  # the memory budget of "auto"
     norm_crops: int = 64  # random training crops measured for the log-mel mean and std
+    patience: int = 0  # stop once the val NT-Xent has not improved for this many epochs (0: run every epoch)
     knn_k: int = 5  # k of the per-epoch val k-NN accuracy (cosine)
     num_workers: int = 0  # DataLoader workers; 0 loads in the main process (best on 2 cores with the cache)
     seed: int = 0
@@ -108,6 +112,8 @@ class TrainConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.batch_size < 2 or self.epochs < 1 or self.crops_per_track < 1 or self.crop_seconds <= 0:
             raise ValueError("need batch_size >= 2, epochs >= 1, crops_per_track >= 1 and crop_seconds > 0")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0 epochs (0: no early stop), got {self.patience}")
         if not 1 <= self.min_steps <= self.max_steps:
             raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
         self.encoder_config()  # fails early on a bad variant, model or frontend key
@@ -550,7 +556,9 @@ def _summary(history: list[dict], timing: list[dict]) -> dict:
 
 
 def _init_from(path: str | os.PathLike, enc_cfg: EncoderConfig, mel: MelConfig) -> tuple[dict, Normalizer]:
-    """The encoder weights and input standardisation of a checkpoint to fine-tune from."""
+    """The encoder weights and input standardisation of a checkpoint (or `pretrained`, the shipped one) to
+    fine-tune from."""
+    path = pretrained_checkpoint() if str(path) == PRETRAINED else path
     encoder, their_mel, norm = load_encoder(path)
     if asdict(encoder.cfg) != asdict(enc_cfg) or their_mel != mel:
         ours, theirs = {**asdict(enc_cfg), **asdict(mel)}, {**asdict(encoder.cfg), **asdict(their_mel)}
@@ -574,6 +582,11 @@ def _best_epoch(history: list[dict]) -> dict:
         if _score(record) > _score(best):  # ties keep the earlier epoch
             best = record
     return best
+
+
+def _patience_over(history: list[dict], patience: int) -> bool:
+    """Early stopping: `patience` epochs have passed since the best one (never without a val split)."""
+    return patience > 0 and bool(history) and history[-1]["epoch"] - _best_epoch(history)["epoch"] >= patience
 
 
 # --------------------------------------------------------------------------------------------------
@@ -623,6 +636,9 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
 
     end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
+        if _patience_over(history, cfg.patience):
+            log.info("early stop after epoch %d: no better val NT-Xent in %d epochs", epoch, cfg.patience)
+            break
         run.net.train()
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "ntxent": 0.0, "kmeans": 0.0}
@@ -645,7 +661,7 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
             _save_checkpoints(out, run, data, cfg, epoch, step, history, timing, device)
         if d.world > 1:
             dist.barrier()
-    return _finish(out, cfg, data, history, timing, live, d)
+    return _finish(out, cfg, data, history, timing, live, d, init)
 
 
 @dataclass
@@ -832,9 +848,10 @@ def _open_live(out: Path, history: list[dict]):
 
 
 def _finish(out: Path, cfg: TrainConfig, data: TrainData, history: list[dict], timing: list[dict], live,
-            d: Dist) -> dict:
+            d: Dist, init: Optional[str | os.PathLike] = None) -> dict:
     """The skip report, the DVCLive summary and metrics.json (rank 0); the summary plus the history."""
-    summary = {**_summary(history, timing), "recipe": data.recipe} if history else {}
+    start = "scratch" if init is None else PRETRAINED if str(init) == PRETRAINED else str(init)
+    summary = {**_summary(history, timing), "recipe": data.recipe, "init": start} if history else {}
     if d.main:
         failed = {**data.train_crops.failed, **data.val_crops.failed}
         skipped = data.skipped + [{"id": None, "path": p, "reason": r} for p, r in failed.items()]
@@ -869,7 +886,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     check_input_file(args.tracks, "tracks table")
     check_output(args.out, folder=True)
     if args.init:
-        check_input_file(args.init, "--init checkpoint")
+        check_input_file(pretrained_checkpoint() if args.init == PRETRAINED else args.init, "--init checkpoint")
     metrics = train(config, args.tracks, args.out, progress=not args.quiet, resume=not args.fresh, init=args.init)
     if metrics:
         print(f"{config.variant}: val NT-Xent {metrics['val_ntxent']:.3f}, k-NN {metrics['val_knn_acc']:.3f} (best epoch "
@@ -887,6 +904,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--tracks", default="outputs/tracks/tracks.csv", help="track table with a split column")
     p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, live/, metrics.json")
     p.add_argument("--fresh", action="store_true", help="ignore a last.pt in --out and start again")
-    p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from this checkpoint's encoder (same variant and model)")
+    p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from this checkpoint's encoder (same variant and model); "
+                                                            "pretrained: the encoder shipped with cml")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)

@@ -48,14 +48,16 @@ def test_score_runs_one_row_per_space(tmp_path):
     noisy = np.column_stack([X, rng.normal(0, 1000, len(X))])  # one loud column of noise: z-scoring tames it
     write_feature_table(tmp_path / "emb" / "musicnn" / "tracks.parquet", ids, noisy)
     write_feature_table(tmp_path / "hand.parquet", ids, X * [1, 1000, 1, 1, 1, 1, 1, 1])
+    write_feature_table(tmp_path / "emb" / "pretrained" / "tracks.parquet", ids, X + rng.normal(0, 0.1, X.shape))
     runs = score_runs(tmp_path / "emb", ["a"], [0, 1], tmp_path / "hand.parquet", tracks)
     assert runs[["model", "kind", "seed"]].values.tolist() == [
-        ["a", "contrastive", 0], ["a", "contrastive", 1], ["a", "untrained", 0], ["musicnn", "baseline", 0],
-        ["handcrafted", "baseline", 0]]
+        ["a", "contrastive", 0], ["a", "contrastive", 1], ["a", "untrained", 0], ["pretrained", "pretrained", 0],
+        ["musicnn", "baseline", 0], ["handcrafted", "baseline", 0]]
+    assert runs.loc[3, "nmi"] == score_table(tmp_path / "emb" / "pretrained" / "tracks.parquet", tracks)["nmi"]
     musicnn = tmp_path / "emb" / "musicnn" / "tracks.parquet"
-    assert runs.loc[3, "knn_acc"] == score_table(musicnn, tracks, standardised=True)["knn_acc"]
-    assert runs.loc[3, "knn_acc"] != score_table(musicnn, tracks)["knn_acc"]
-    assert runs.loc[4, "knn_acc"] == score_table(tmp_path / "hand.parquet", tracks, standardised=True)["knn_acc"]
+    assert runs.loc[4, "knn_acc"] == score_table(musicnn, tracks, standardised=True)["knn_acc"]
+    assert runs.loc[4, "knn_acc"] != score_table(musicnn, tracks)["knn_acc"]
+    assert runs.loc[5, "knn_acc"] == score_table(tmp_path / "hand.parquet", tracks, standardised=True)["knn_acc"]
     with pytest.raises(FeatureTableError, match="b-s0/tracks.parquet: no such file"):
         score_runs(tmp_path / "emb", ["b"], [0], tmp_path / "hand.parquet", tracks)
 

@@ -2,6 +2,8 @@
 
 Ties: the data are continuous random rows (no two distances tie) except where duplicates are the point; with
 ties, every minimum spanning tree has the same sorted edge lengths, so heights are compared, not edges.
+HDBSCAN*'s mutual-reachability distances tie by construction (a row's core distance is the length of every
+edge it reaches within it): flat clusters there depend on the order of tied merges, in scikit-learn too.
 """
 
 import argparse
@@ -55,6 +57,54 @@ def test_hdbscan_equals_scikit_learn(rows, min_pts, min_size):
     assert np.array_equal(ours < 0, ref < 0)  # the same noise
     assert adjusted_rand_score(ours, ref) == 1.0  # the same clusters (numbered differently)
     assert len(set(ref)) > 2
+
+
+@pytest.fixture(scope="module")
+def wide_rows():
+    """420 z-scored, unit rows of 753 dims in 7 overlapping styles: the shape of a pretrained embedding of the
+    default corpus (musicnn), where near neighbours are nearly equidistant."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(7, 753)) * 0.35
+    X = centres[rng.integers(7, size=420)] + rng.normal(size=(420, 753)) * rng.uniform(0.5, 1.5, size=(420, 1))
+    return l2_normalise((X - X.mean(0)) / X.std(0))
+
+
+def test_hdbscan_tree_is_scikit_learns_on_wide_data(wide_rows):
+    """min_pts = 5: the same core distances and merge heights as scikit-learn's Prim tree; min_pts = 2, where
+    mutual reachability has no ties: the same flat clusters."""
+    from sklearn.cluster._hdbscan._linkage import mst_from_data_matrix
+    from sklearn.metrics import DistanceMetric
+    from sklearn.neighbors import NearestNeighbors
+
+    core = NearestNeighbors(n_neighbors=5).fit(wide_rows).kneighbors(wide_rows)[0][:, -1]
+    prim = mst_from_data_matrix(wide_rows, np.ascontiguousarray(core), DistanceMetric.get_metric("euclidean"), 1.0)
+    tree = hierarchy.exact_mst(wide_rows, 5)
+    np.testing.assert_allclose(tree.core, core, rtol=1e-12)
+    np.testing.assert_allclose(tree.heights, np.sort(prim["distance"]), rtol=1e-12)
+    untied = hierarchy.exact_mst(wide_rows, 2)
+    assert np.diff(untied.heights).min() > 1e-9
+    ref = HDBSCAN(min_cluster_size=5, min_samples=2, copy=True).fit_predict(wide_rows)
+    ours = hierarchy.hdbscan_labels(untied, 5)
+    assert np.array_equal(ours < 0, ref < 0) and adjusted_rand_score(ours, ref) == 1.0
+    assert len(set(ref)) > 2
+
+
+def test_tied_mutual_reachability_orders_scikit_learn_too(wide_rows):
+    """Why min_pts = 5 is compared by heights above: the reference's own flat clusters change with the order
+    of the rows, as ours do; the disagreement between the two stays within that."""
+    def labels(order, ours):
+        out = np.empty(len(order), dtype=np.int64)
+        X = wide_rows[order]
+        out[order] = (hierarchy.hdbscan_labels(hierarchy.exact_mst(X, 5), 5) if ours else
+                      HDBSCAN(min_cluster_size=5, min_samples=5, copy=True).fit_predict(X))
+        return out
+
+    orders = [np.arange(420)] + [np.random.default_rng(s).permutation(420) for s in range(3)]
+    ref = [labels(o, ours=False) for o in orders]
+    itself = min(adjusted_rand_score(ref[0], r) for r in ref[1:])
+    assert itself < 1.0  # the reference is order-dependent on these data
+    ours = labels(orders[0], ours=True)
+    assert adjusted_rand_score(ours, ref[0]) >= itself - 0.02
 
 
 @pytest.mark.parametrize("k", [hierarchy.LIST_K, 4])  # 4: lists of core-distance length, rescans everywhere

@@ -12,8 +12,8 @@ from cml.audio import MelConfig
 from cml.augment import Augment, AugmentConfig
 from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
 from cml.errors import UsageError
-from cml.train import (PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, choose_recipe,
-                       epoch_batches, pair_dataset, register_cli, steps_per_epoch, train)
+from cml.train import (PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, _patience_over,
+                       choose_recipe, epoch_batches, pair_dataset, register_cli, steps_per_epoch, train)
 
 SR = 16000
 TINY = dict(model=dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16), crop_seconds=0.64, batch_size=4,
@@ -213,6 +213,18 @@ def test_best_epoch_is_the_lowest_val_loss_or_the_last_without_val():
     history = [{"epoch": e, "val/ntxent": v, "val/knn_acc": k} for e, v, k in [(1, 3.5, 0.6), (2, 3.1, 0.3), (3, 3.2, 0.5)]]
     assert _best_epoch(history)["epoch"] == 2  # the loss decides, not the noisy k-NN accuracy
     assert _best_epoch([{**h, "val/ntxent": nan, "val/knn_acc": nan} for h in history])["epoch"] == 3
+
+
+def test_patience_stops_a_run_that_no_longer_improves_and_keeps_its_best_epoch(tracks, tmp_path):
+    history = [{"epoch": e, "val/ntxent": v} for e, v in [(1, 3.5), (2, 3.1), (3, 3.2), (4, 3.3)]]
+    assert not _patience_over(history[:3], 2) and _patience_over(history, 2) and not _patience_over(history, 0)
+    assert not _patience_over([{**h, "val/ntxent": float("nan")} for h in history], 1)  # no val split: no stop
+    cfg = {**TINY, "epochs": 6, "lr": 0.0, "patience": 1}  # lr 0: the val loss never improves after epoch 1
+    result = train(cfg, tracks, tmp_path / "run", progress=False)
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+    assert result["best_epoch"] == 1 and read_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 1
+    with pytest.raises(ValueError, match="patience"):
+        TrainConfig(patience=-1)
 
 
 def test_epoch_batches_are_deterministic_and_cover_the_groups():
