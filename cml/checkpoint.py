@@ -40,8 +40,11 @@ PRETRAINED = "pretrained"  # the MODEL name of the encoder shipped with cml (`cm
 PRETRAINED_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "pretrained" / "encoder.pt"
 
 
-def pretrained_checkpoint() -> Path:
-    """The shipped encoder's file, or a one-line error when this checkout lacks it."""
+def checkpoint_path(spec: str | os.PathLike) -> str | os.PathLike:
+    """The file a checkpoint argument names: `pretrained` is the shipped encoder (a one-line error when this
+    checkout lacks it), anything else a path, returned as given."""
+    if str(spec) != PRETRAINED:
+        return spec
     if not PRETRAINED_CHECKPOINT.is_file():
         raise UsageError(f"the pretrained encoder is missing ({PRETRAINED_CHECKPOINT}): "
                          "restore it with git checkout, or make it with make pretrain")

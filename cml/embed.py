@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from cml.audio import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
 from cml.checkpoint import (
-    PRETRAINED, Normalizer, load_encoder, pretrained_checkpoint, process_device, read_checkpoint, untrained_encoder,
+    Normalizer, checkpoint_path, load_encoder, process_device, read_checkpoint, untrained_encoder,
 )
 from cml.model import Encoder, EncoderConfig, chunk_windows
 from cml.musicnn import MUSICNN_MEL, PATCH_FRAMES, Musicnn, MusicnnConfig, load_musicnn, weights_sha256
@@ -408,10 +408,6 @@ def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None, devic
     The untrained model comes with the `frontend` log-mel (the encoder takes its n_mels) and no Normalizer:
     measure one with `estimate_normalizer`. A checkpoint's architecture and front end are never overridden.
     """
-    if spec == PRETRAINED:
-        if overrides:
-            raise ValueError("--set only applies to untrained:VARIANT; the pretrained encoder brings its own architecture")
-        return load_encoder(pretrained_checkpoint(), map_location=device)
     if spec == MUSICNN or spec.startswith(MUSICNN + ":"):
         if overrides:
             raise ValueError("--set only applies to untrained:VARIANT; musicnn brings its own architecture")
@@ -421,7 +417,7 @@ def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None, devic
         return untrained_encoder(cfg, seed).to(device), frontend, None
     if overrides:
         raise ValueError("--set only applies to untrained:VARIANT; a checkpoint brings its own architecture")
-    return load_encoder(spec, map_location=device)
+    return load_encoder(checkpoint_path(spec), map_location=device)
 
 
 def study_model(params_file: Optional[str]) -> tuple[dict, MelConfig]:
@@ -507,7 +503,7 @@ def _model(args: argparse.Namespace, device: torch.device) -> tuple[Encoder, Mel
             raise
         raise UsageError(f"{args.model}: {one_line(err)}") from err
     trained = not untrained and not isinstance(encoder, Musicnn)
-    training_crop = read_checkpoint(_checkpoint(args.model))["train_config"].get("crop_seconds") if trained else None
+    training_crop = read_checkpoint(checkpoint_path(args.model))["train_config"].get("crop_seconds") if trained else None
     return encoder, mel_config, normalizer, training_crop
 
 
@@ -528,12 +524,7 @@ def _cache_key(args: argparse.Namespace, encoder: Encoder, mel_config: MelConfig
     settings = {"encoder": dataclasses.asdict(encoder.cfg), **weights, "frontend": dataclasses.asdict(mel_config),
                 "norm": normalizer.to_dict(), "mode": args.mode, "max_seconds": args.max_seconds,
                 "window_seconds": window_seconds if args.mode == "chunked" else None, "seed": args.seed}
-    return model_key(_checkpoint(args.model), settings)
-
-
-def _checkpoint(model: str) -> str:
-    """The file behind a MODEL argument that names one (`pretrained`: the shipped encoder; a key hashes its bytes)."""
-    return str(pretrained_checkpoint()) if model == PRETRAINED else model
+    return model_key(str(checkpoint_path(args.model)), settings)  # a checkpoint file is keyed by its bytes
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:

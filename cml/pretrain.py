@@ -15,7 +15,6 @@ packages and file hashes, the recipe, the loss per epoch): the model card (READM
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -26,9 +25,9 @@ import pandas as pd
 import torch
 
 from cml.checkpoint import PRETRAINED_CHECKPOINT, read_checkpoint
-from cml.errors import UsageError, check_output
-from cml.params import load_params, parse_section
+from cml.errors import check_output
 from cml.pool import POOL, build_pool, pool_dir
+from cml.soundtracks import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +52,9 @@ def pretrain_tracks(pool: str | Path) -> pd.DataFrame:
 
 def pretrain_config(params_file: str | Path):
     """The pretraining TrainConfig: the `pretrain` section, with the study's `model` and `frontend`."""
-    from cml.train import TrainConfig
+    from cml.train import config_from_params
 
-    section = load_params(params_file, SECTION)
-    misplaced = sorted({"model", "frontend"} & set(section))
-    if misplaced:
-        raise UsageError(f"{params_file}: {misplaced} in the '{SECTION}' section: the study's own sections set them")
-    values = {**section, "model": load_params(params_file, "model"), "frontend": load_params(params_file, "frontend")}
-    return parse_section(params_file, SECTION, TrainConfig.from_dict, values)
+    return config_from_params(params_file, section=SECTION)
 
 
 def pretrain(params_file: str | Path, pool: str | Path, out: str | Path, progress: bool = True,
@@ -80,10 +74,6 @@ def pretrain(params_file: str | Path, pool: str | Path, out: str | Path, progres
     return metrics
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def ship(run: str | Path, dest: str | Path = PRETRAINED_CHECKPOINT) -> Path:
     """The run's best epoch as the shipped encoder (no optimiser state: a few MB), and its card.json."""
     run, dest = Path(run), Path(dest)
@@ -93,7 +83,7 @@ def ship(run: str | Path, dest: str | Path = PRETRAINED_CHECKPOINT) -> Path:
     torch.save({key: state[key] for key in SHIPPED_KEYS}, dest)
     tracks = pd.read_csv(run / "tracks.csv", dtype={"id": str})
     card = {
-        "checkpoint_sha256": _sha256(dest),
+        "checkpoint_sha256": sha256_file(dest),
         "best_epoch": state["epoch"], "steps": state["step"], "epochs_run": last["epoch"],
         "train_config": state["train_config"],
         "history": last["metrics"]["history"],

@@ -40,8 +40,7 @@ from tqdm.auto import tqdm
 from cml.audio import DECODE_ERRORS, LogMel, MelConfig, audio_info, centre_offset, load_audio, track_logmel
 from cml.augment import Augment, AugmentConfig
 from cml.checkpoint import (
-    PRETRAINED, Normalizer, load_encoder, pretrained_checkpoint, process_device, read_checkpoint, resolve_device,
-    save_checkpoint,
+    Normalizer, checkpoint_path, load_encoder, process_device, read_checkpoint, resolve_device, save_checkpoint,
 )
 from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line
 from cml.losses import KMEANS_MODES, KMeansLoss, nt_xent
@@ -558,8 +557,7 @@ def _summary(history: list[dict], timing: list[dict]) -> dict:
 def _init_from(path: str | os.PathLike, enc_cfg: EncoderConfig, mel: MelConfig) -> tuple[dict, Normalizer]:
     """The encoder weights and input standardisation of a checkpoint (or `pretrained`, the shipped one) to
     fine-tune from."""
-    path = pretrained_checkpoint() if str(path) == PRETRAINED else path
-    encoder, their_mel, norm = load_encoder(path)
+    encoder, their_mel, norm = load_encoder(checkpoint_path(path))
     if asdict(encoder.cfg) != asdict(enc_cfg) or their_mel != mel:
         ours, theirs = {**asdict(enc_cfg), **asdict(mel)}, {**asdict(encoder.cfg), **asdict(their_mel)}
         diff = sorted(k for k in ours if ours[k] != theirs.get(k))
@@ -850,7 +848,7 @@ def _open_live(out: Path, history: list[dict]):
 def _finish(out: Path, cfg: TrainConfig, data: TrainData, history: list[dict], timing: list[dict], live,
             d: Dist, init: Optional[str | os.PathLike] = None) -> dict:
     """The skip report, the DVCLive summary and metrics.json (rank 0); the summary plus the history."""
-    start = "scratch" if init is None else PRETRAINED if str(init) == PRETRAINED else str(init)
+    start = "scratch" if init is None else str(init)
     summary = {**_summary(history, timing), "recipe": data.recipe, "init": start} if history else {}
     if d.main:
         failed = {**data.train_crops.failed, **data.val_crops.failed}
@@ -868,16 +866,16 @@ def _finish(out: Path, cfg: TrainConfig, data: TrainData, history: list[dict], t
 
 
 def config_from_params(params_file: str | os.PathLike, variant: Optional[str] = None,
-                       seed: Optional[int] = None) -> TrainConfig:
-    """The TrainConfig of a study: the `train` section, the architecture of `model`, the front end of
-    `frontend`, and the variant and seed of one run (the study's matrix)."""
-    section = load_params(params_file, "train")
-    misplaced = sorted({"model", "frontend"} & set(section))
+                       seed: Optional[int] = None, section: str = "train") -> TrainConfig:
+    """The TrainConfig of a study: the `train` section (or `pretrain`, the shipped encoder's recipe), the
+    architecture of `model`, the front end of `frontend`, and the variant and seed of one run (the study's matrix)."""
+    recipe = load_params(params_file, section)
+    misplaced = sorted({"model", "frontend"} & set(recipe))
     if misplaced:
-        raise UsageError(f"{params_file}: {misplaced} in the 'train' section: they are sections of their own")
-    values = {**section, "model": load_params(params_file, "model"), "frontend": load_params(params_file, "frontend")}
+        raise UsageError(f"{params_file}: {misplaced} in the '{section}' section: they are sections of their own")
+    values = {**recipe, "model": load_params(params_file, "model"), "frontend": load_params(params_file, "frontend")}
     values.update({k: v for k, v in (("variant", variant), ("seed", seed)) if v is not None})
-    return parse_section(params_file, "train", TrainConfig.from_dict, values)
+    return parse_section(params_file, section, TrainConfig.from_dict, values)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -886,7 +884,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     check_input_file(args.tracks, "tracks table")
     check_output(args.out, folder=True)
     if args.init:
-        check_input_file(pretrained_checkpoint() if args.init == PRETRAINED else args.init, "--init checkpoint")
+        check_input_file(checkpoint_path(args.init), "--init checkpoint")
     metrics = train(config, args.tracks, args.out, progress=not args.quiet, resume=not args.fresh, init=args.init)
     if metrics:
         print(f"{config.variant}: val NT-Xent {metrics['val_ntxent']:.3f}, k-NN {metrics['val_knn_acc']:.3f} (best epoch "
