@@ -14,17 +14,17 @@ scikit-learn's Ward; see ``estimate_gib``) exceeds ``--memory-budget-gib`` is sk
 
 ELKI single linkage runs twice: SLINK (linear memory) and Anderberg (a triangular n^2/2 distance matrix),
 to show the difference in the memory column. k-means: one k-means++ start everywhere (scikit-learn
-``n_init=1``), k = number of blobs. DBSCAN: min_pts = 5 and eps from cml.clustering.kdistance_eps,
+``n_init=1``), k = number of blobs. DBSCAN: min_pts = 5 and eps from cml.cluster.methods.kdistance_eps,
 computed once per n (not timed).
 
     python benchmarks/bench_clustering.py                      # n = 1000, 5000, 20000 (slow: tens of minutes)
     python benchmarks/bench_clustering.py --sizes 1000 2000    # a quick check
 
-``--grid``: the ClusterTesting grid at scale. Every method of ``cml.clustering.METHODS`` as the grid calls it
+``--grid``: the ClusterTesting grid at scale. Every method of ``cml.cluster.methods.METHODS`` as the grid calls it
 (`cluster`: rows L2-normalised, k = the number of blobs, DBSCAN's eps from the k-distance knee, all timed), first
 put to the grid's guard (`too_costly`): what it skips is listed with its reason and not run, the rest runs in a
 fresh process (scikit-learn workers capped at ``--max-gib`` of address space), next to the guard's estimate.
-``--force`` runs everything (how the guard's base points in ``cml.clustering.COSTS`` were measured),
+``--force`` runs everything (how the guard's base points in ``cml.cluster.methods.COSTS`` were measured),
 ``--dry-run`` nothing (the estimates alone, e.g. at a million rows).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_clustering.py --grid --sizes 100000       # the README's table
@@ -54,8 +54,8 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from cml import elki  # noqa: E402
-from cml.clustering import (METHOD_BUDGET_SECONDS, METHODS, NEEDS_K, cluster, estimate, kdistance_eps,  # noqa: E402
+from cml.cluster import elki  # noqa: E402
+from cml.cluster.methods import (METHOD_BUDGET_SECONDS, METHODS, NEEDS_K, cluster, estimate, kdistance_eps,  # noqa: E402
                             memory_limit_mb, too_costly)
 
 CASES = [  # (task, tool)
@@ -140,7 +140,7 @@ def _own_peak_mib() -> float:
 
 
 def grid_worker(spec: dict) -> dict:
-    """Run one method of the ClusterTesting grid (`cml.clustering.cluster`, as `run_grid` calls it: rows
+    """Run one method of the ClusterTesting grid (`cml.cluster.methods.cluster`, as `run_grid` calls it: rows
     L2-normalised, k = the number of blobs, DBSCAN's eps from the k-distance knee, timed) and measure it."""
     X, y = make_blobs(n_samples=spec["n"], n_features=spec["dim"], centers=spec["centers"], cluster_std=1.0,
                       random_state=spec["seed"])
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--grid", action="store_true",
                    help="run the ClusterTesting grid's methods through its guard instead of the tool comparison")
-    p.add_argument("--methods", help="--grid: comma-separated methods (default: all of cml.clustering.METHODS)")
+    p.add_argument("--methods", help="--grid: comma-separated methods (default: all of cml.cluster.methods.METHODS)")
     p.add_argument("--force", action="store_true", help="--grid: run methods the guard would skip too")
     p.add_argument("--dry-run", action="store_true", help="--grid: run nothing, print the guard's estimates")
     p.add_argument("--max-gib", type=float, default=8.0,

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from cml.corpus import CorpusConfig, build_corpus
+from cml.data.corpus import CorpusConfig, build_corpus
 
 
 def main() -> None:

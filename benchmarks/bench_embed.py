@@ -27,11 +27,11 @@ import soundfile as sf
 import torch
 
 from bench_frontend import music
-from cml.audio import MelConfig, iter_blocks, track_logmel
-from cml.audiofile import iter_frames
-from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
-from cml.embed import WINDOW_CROPS, study_model
-from cml.model import EncoderConfig
+from cml.audio.mel import MelConfig, iter_blocks, track_logmel
+from cml.audio.files import iter_frames
+from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
+from cml.embed.tracks import WINDOW_CROPS, study_model
+from cml.model.encoder import EncoderConfig
 
 REPO = Path(__file__).resolve().parent.parent
 FORMATS = (("ogg", "VORBIS"), ("mp3", "MPEG_LAYER_III"))
@@ -90,7 +90,7 @@ def timed(f) -> float:
 def profile(tracks: pd.DataFrame, ckpt: str) -> list[dict]:
     """Seconds per stage of one embedding, in this process, one thread: decode, + mono and resample, + log-mel,
     the encoder on the log-mels."""
-    from cml.checkpoint import load_encoder
+    from cml.model.checkpoint import load_encoder
 
     torch.set_num_threads(1)
     paths = tracks["path"].tolist()

@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from cml.audio import LogMel, MelConfig, load_audio, track_logmel
+from cml.audio.mel import LogMel, MelConfig, load_audio, track_logmel
 
 PITCHES = (196.0, 220.0, 262.0, 294.0, 330.0, 392.0, 440.0)
 
@@ -89,7 +89,7 @@ def throughput(pool: Pool, paths: list[Path], fn, repeat: int) -> tuple[float, f
 # VmHWM (peak RSS of this process image), not ru_maxrss: after fork + exec, ru_maxrss starts at the parent's peak.
 PEAK_SCRIPT = """
 import re, sys, torch
-from cml.audio import LogMel, MelConfig, load_audio, track_logmel
+from cml.audio.mel import LogMel, MelConfig, load_audio, track_logmel
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 base = hwm()

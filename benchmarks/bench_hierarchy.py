@@ -1,4 +1,4 @@
-"""Single linkage and HDBSCAN* of a library: cml.hierarchy against ELKI, scipy, scikit-learn and PyPI's libraries.
+"""Single linkage and HDBSCAN* of a library: cml.cluster.hierarchy against ELKI, scipy, scikit-learn and PyPI's libraries.
 
 ``--tools`` (default): wall time and peak memory of every tool on the same L2-normalised 128-d Gaussian blobs
 (10 centres), each in a fresh process (peak resident memory its own), in one run, with the time as a ratio to
@@ -35,8 +35,8 @@ from sklearn.metrics import adjusted_rand_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cml import elki, hierarchy  # noqa: E402
-from cml.neighbours import l2_normalise  # noqa: E402
+from cml.cluster import elki, hierarchy  # noqa: E402
+from cml.search.neighbours import l2_normalise  # noqa: E402
 
 TOOLS = {"single": ["cml", "elki-slink", "scipy", "sklearn", "fastcluster"],
          "hdbscan": ["cml", "elki", "sklearn", "hdbscan", "fast_hdbscan"]}

@@ -1,12 +1,12 @@
 """The library map: which 2-D projection keeps neighbours best, and how a 100k-track map responds in a browser.
 
-1. **Projection** (`cml.library_map.score_projections`): PCA, t-SNE and UMAP fitted on a seeded sample of
+1. **Projection** (`cml.playlist.library_map.score_projections`): PCA, t-SNE and UMAP fitted on a seeded sample of
    each table, scored by the share of each track's 10 nearest neighbours (cosine, full space) that stay
    among its 10 nearest on the map; with the fit time. Tables: seeded Gaussian blobs (20 clusters, 128-d,
    L2-normalised like embeddings) and a real table given with ``--table``. UMAP is warmed up first (numba
    compiles it once per process).
    Then the fit time of each method on the whole of larger blob tables (``--fit-sizes``).
-2. **Browser**: a table of ``--n`` blob tracks served by `cml.map_server`, opened in headless Chromium
+2. **Browser**: a table of ``--n`` blob tracks served by `cml.playlist.server`, opened in headless Chromium
    (tests/browser.py; software WebGL, so a worst case): time to first draw (navigation until the map is
    drawn, the page's data included), time from a mouse move onto a point to its hover label (median of 9),
    a box selection to the seed list, and building a 30-track hull playlist (median of 3).
@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import Chromium, map_point  # noqa: E402
-from cml.features import project_2d  # noqa: E402
-from cml.library_map import load_map, score_projections  # noqa: E402
-from cml.map_server import Actions, MapServer  # noqa: E402
-from cml.playlist import auto_seeds, prepare  # noqa: E402
+from cml.data.features import project_2d  # noqa: E402
+from cml.playlist.library_map import load_map, score_projections  # noqa: E402
+from cml.playlist.server import Actions, MapServer  # noqa: E402
+from cml.playlist.hull import auto_seeds, prepare  # noqa: E402
 from cml.tables import read_feature_table, write_feature_table  # noqa: E402
 
 READY = "document.getElementById('cml-map-root').dataset.ready"

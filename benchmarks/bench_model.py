@@ -8,7 +8,7 @@
    2048 x 2048 matrices (best of N) with the same torch threads. The step includes gradient clipping;
    augmentation and data loading are left out (random log-mels), so this is the model's own cost.
 2. Embedding: seconds of audio per second of wall time, end to end from files on disk (decode,
-   resample, log-mel, standardise, encoder) with `cml.embed.embed_tracks`, one pass per track and
+   resample, log-mel, standardise, encoder) with `cml.embed.tracks.embed_tracks`, one pass per track and
    chunked (4 s windows), in a pool of worker processes. Target: 300x real time for the default model
    (rope1d) on 2 cores.
 3. Peak memory of embedding one 20-minute track in one pass: the peak RSS (VmHWM) above the RSS after
@@ -37,11 +37,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from cml.audio import MelConfig
-from cml.checkpoint import Normalizer, untrained_encoder
-from cml.embed import embed_tracks, load_model
-from cml.losses import nt_xent
-from cml.model import VARIANTS, Encoder, EncoderConfig
+from cml.audio.mel import MelConfig
+from cml.model.checkpoint import Normalizer, untrained_encoder
+from cml.embed.tracks import embed_tracks, load_model
+from cml.train.losses import nt_xent
+from cml.model.encoder import VARIANTS, Encoder, EncoderConfig
 
 SR = 16000  # the corpus format: 16 kHz mono FLAC
 PITCHES = (196.0, 220.0, 262.0, 294.0, 330.0, 392.0, 440.0)
@@ -152,10 +152,10 @@ def embed_throughput(pool, paths: list[Path], mode: str, window: float | None, r
 
 PEAK_SCRIPT = """
 import re, resource, sys, time, torch, pandas as pd
-from cml.audio import MelConfig
-from cml.checkpoint import Normalizer, untrained_encoder
-from cml.embed import embed_tracks
-from cml.model import EncoderConfig
+from cml.audio.mel import MelConfig
+from cml.model.checkpoint import Normalizer, untrained_encoder
+from cml.embed.tracks import embed_tracks
+from cml.model.encoder import EncoderConfig
 
 def high_water_kib():
     # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss starts at the PARENT's peak RSS

@@ -2,10 +2,10 @@
 
 Data: seeded synthetic 128-d unit rows, a mixture of Gaussians (``--centers`` means drawn with std 1, noise
 std ``--noise`` = 1.5, so neighbouring clusters overlap); the queries are 1,000 further draws of the same
-mixture, not rows of the library. Exact: `cml.index.Index(X, exact=True)`, i.e. `cml.neighbours.nearest`
+mixture, not rows of the library. Exact: `cml.search.index.Index(X, exact=True)`, i.e. `cml.search.neighbours.nearest`
 (float64, blocks of queries whose similarities stay under 1 GiB). Indexes, on float32 unit rows, inner product:
 
-- ``cml.index``: faiss ``IndexIVFFlat``, seeded k-means into ``sqrt(n)`` lists, a query scans ``nprobe``
+- ``cml.search.index``: faiss ``IndexIVFFlat``, seeded k-means into ``sqrt(n)`` lists, a query scans ``nprobe``
   of them (the module's default, about 5,000 rows, marked *);
 - faiss ``IndexHNSWFlat`` and hnswlib: HNSW graphs, M = 32, efConstruction = 80, built on one thread (with
   more, the insertion order, hence the graph, depends on the scheduler), queried at several ``ef``.
@@ -16,7 +16,7 @@ and ``size``, the index as its library writes it to disk. Builds and queries use
 see (``OMP_NUM_THREADS``) but the HNSW builds; a library that is not installed is reported and skipped.
 
     python benchmarks/bench_neighbours.py --sizes 10000 100000                        # all methods, ~5 min
-    python benchmarks/bench_neighbours.py --sizes 1000000 --methods "cml.index: faiss IVF-Flat"   # ~5 min
+    python benchmarks/bench_neighbours.py --sizes 1000000 --methods "cml.search.index: faiss IVF-Flat"   # ~5 min
     python benchmarks/bench_neighbours.py --sizes 10000 --queries 200                 # a quick check
 """
 
@@ -35,8 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from cml.index import Index  # noqa: E402
-from cml.neighbours import l2_normalise  # noqa: E402
+from cml.search.index import Index  # noqa: E402
+from cml.search.neighbours import l2_normalise  # noqa: E402
 
 K = 10
 HNSW_M, HNSW_EF_CONSTRUCTION = 32, 80
@@ -64,7 +64,7 @@ def timed(fn):
 
 
 def faiss_ivf(X: np.ndarray, seed: int):
-    """cml.index's own index, swept over the lists a query scans (its default marked *)."""
+    """cml.search.index's own index, swept over the lists a query scans (its default marked *)."""
     index = Index(X, exact=False, seed=seed)
     default = index.ivf.nprobe
     return (index, "nprobe", sorted({4, 8, 16, 48, default}), lambda p: setattr(index.ivf, "nprobe", p),
@@ -93,7 +93,7 @@ def hnswlib_hnsw(X: np.ndarray, seed: int):
     return index, "ef", [32, 64, 128, 256], index.set_ef, lambda Q: index.knn_query(Q, K, num_threads=-1)[0], None
 
 
-METHODS = {"cml.index: faiss IVF-Flat": ("faiss", faiss_ivf), "faiss HNSW": ("faiss", faiss_hnsw),
+METHODS = {"cml.search.index: faiss IVF-Flat": ("faiss", faiss_ivf), "faiss HNSW": ("faiss", faiss_hnsw),
            "hnswlib HNSW": ("hnswlib", hnswlib_hnsw)}
 
 

@@ -1,7 +1,7 @@
 """Time and memory to build a 30-track playlist from 100k tracks (128-d) with 5 seeds: hull, LP, journey.
 
 Data: seeded Gaussian blobs (20 clusters), L2-normalised like the embeddings. The 5 seeds are tracks of
-one cluster. The PCA fit and the k-NN index (`cml.index`: exact below its size threshold, faiss above) are
+one cluster. The PCA fit and the k-NN index (`cml.search.index`: exact below its size threshold, faiss above) are
 timed apart: a notebook or service builds them once per embedding table and passes them to every playlist
 (``build_playlist(..., projection=..., index=...)``). Each case is the median of ``--repeats`` runs after
 one warm-up; the LP mode runs at a zero tolerance (the strict convex-combination test) and at
@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from cml.index import Index  # noqa: E402
-from cml.playlist import build_playlist, fit_projection, knn_baseline, prepare  # noqa: E402
+from cml.search.index import Index  # noqa: E402
+from cml.playlist.hull import build_playlist, fit_projection, knn_baseline, prepare  # noqa: E402
 
 
 def data(n: int, d: int, centers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,22 +17,22 @@ from cml.errors import CmlError, one_line
 
 # command: (the module that registers and runs it, its line in `cml --help`), in the order listed there
 COMMANDS = {
-    "corpus": ("corpus", "build the corpus as labelled FLAC files: rendered music21 scores, or real soundtracks"),
-    "soundtracks": ("soundtracks", "fetch the Debian packages of the soundtracks corpus (corpus.source: soundtracks)"),
-    "pool": ("pool", "fetch and build the pretraining pool: free music from eleven Debian packages, not the benchmark's"),
-    "scan": ("scan", "find usable audio files and report the ones skipped"),
-    "tracks": ("dataset", "build the track table (audio source, labels, split, skip report)"),
-    "features": ("features", "handcrafted descriptors and the MFCC/chroma/contrast baseline per track"),
-    "train": ("train", "train a contrastive encoder (one positional variant)"),
-    "pretrain": ("pretrain", "pretrain the shipped encoder on the pool (resumable), and ship it"),
-    "embed": ("embed", "one embedding per track (the mean of windows of 8x the training crop) as a feature table"),
+    "corpus": ("data.corpus", "build the corpus as labelled FLAC files: rendered music21 scores, or real soundtracks"),
+    "soundtracks": ("data.soundtracks", "fetch the Debian packages of the soundtracks corpus (corpus.source: soundtracks)"),
+    "pool": ("data.pool", "fetch and build the pretraining pool: free music from eleven Debian packages, not the benchmark's"),
+    "scan": ("data.scan", "find usable audio files and report the ones skipped"),
+    "tracks": ("data.tracks", "build the track table (audio source, labels, split, skip report)"),
+    "features": ("data.features", "handcrafted descriptors and the MFCC/chroma/contrast baseline per track"),
+    "train": ("train.loop", "train a contrastive encoder (one positional variant)"),
+    "pretrain": ("train.pretrain", "pretrain the shipped encoder on the pool (resumable), and ship it"),
+    "embed": ("embed.tracks", "one embedding per track (the mean of windows of 8x the training crop) as a feature table"),
     "evaluate": ("evaluation", "k-NN, linear-probe, NMI and ARI of a feature table (the Compare notebook's scores)"),
-    "neighbours": ("index", "the nearest tracks of a track in a feature table, with their paths"),
-    "cluster": ("clustering", "cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)"),
-    "playlist": ("playlist", "a playlist from the convex hull of seed tracks in a feature table"),
-    "map": ("map_server", "a map of a feature table in the browser: listen, pick seeds, make playlists"),
-    "spotify": ("spotify", "pull track data from Spotify, push playlists to it"),
-    "params": ("recipe", "print a study's effective parameters: the recipe's defaults with params.yaml's overrides"),
+    "neighbours": ("search.index", "the nearest tracks of a track in a feature table, with their paths"),
+    "cluster": ("cluster.methods", "cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)"),
+    "playlist": ("playlist.hull", "a playlist from the convex hull of seed tracks in a feature table"),
+    "map": ("playlist.server", "a map of a feature table in the browser: listen, pick seeds, make playlists"),
+    "spotify": ("spotify.cli", "pull track data from Spotify, push playlists to it"),
+    "params": ("sections", "print a study's effective parameters: the recipe's defaults with params.yaml's overrides"),
 }
 DEBUG_ENV = "CML_DEBUG"
 

@@ -4,7 +4,7 @@
 embeddings, the handcrafted baseline, a Spotify CSV): trained on the train split, scored on the held-out test
 split. `score_space` adds the scores over more tracks; `cml evaluate` and the Compare notebook both call it,
 so a key means the same everywhere. `length_extrapolation` scores the crop embeddings of
-`cml embed --crops` (`cml.embed.Crops`).
+`cml embed --crops` (`cml.embed.tracks.Crops`).
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from cml.clustering import add_table_arguments, check_at_most, cluster, partition_scores, read_cli_table
+from cml.cluster.methods import add_table_arguments, check_at_most, cluster, partition_scores, read_cli_table
 from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
-from cml.index import knn_accuracy, leave_group_out_knn_accuracy
-from cml.neighbours import fit_knn, l2_normalise
-from cml.split import split_tracks
+from cml.search.index import knn_accuracy, leave_group_out_knn_accuracy
+from cml.search.neighbours import fit_knn, l2_normalise
+from cml.data.split import split_tracks
 from cml.tables import FeatureTable, preview, read_feature_table, read_tracks, standardise
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _with_notes(out: dict, notes: dict[str, str]) -> dict:
 
 def length_extrapolation(X_train: np.ndarray, y_train: np.ndarray, crops: Mapping[str, np.ndarray],
                          y_test: np.ndarray, k: int = 5, seed: int = 0) -> pd.DataFrame:
-    """One row per crop: how the test tracks score when embedded from that crop (see `cml.embed.Crops`).
+    """One row per crop: how the test tracks score when embedded from that crop (see `cml.embed.tracks.Crops`).
 
     The k-NN and linear probe are fitted once on the train split's reference embeddings (full tracks)
     and applied to each crop's test embeddings, so a model whose embedding does not drift with input

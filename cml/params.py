@@ -3,7 +3,7 @@
 The recipe is the defaults of each section's config dataclass (`TrainConfig`, `MelConfig`, ...);
 `params.yaml` holds only what the study sets: the `study` section (which audio, which positional
 variants, which seeds: what `dvc.yaml`'s matrix and key-level params read) and the values a study
-overrides. `cml params` (`cml.recipe`) prints the effective values. Every section goes through `build`, the one strict
+overrides. `cml params` (`cml.sections`) prints the effective values. Every section goes through `build`, the one strict
 loader: an unknown key is an error, never a silent default. Every mistake in the file (missing, not
 YAML, no such section, an unknown key, a value out of its domain) is a `UsageError` naming the file
 and the section: exit code 2 from any `cml` command.

@@ -11,7 +11,7 @@ A feature table has one row per item (track, clip, ...) and these columns:
   ``Unnamed: N`` (the index pandas writes by default) are never features.
 
 Parquet is what :func:`write_feature_table` writes; it records the feature column names in the file's
-schema metadata (key ``cml.features``), so numeric metadata (a duration, a year) survives a round trip
+schema metadata (key ``cml.data.features``), so numeric metadata (a duration, a year) survives a round trip
 without becoming a feature. CSV is accepted on input: there, every numeric column except id/label is a
 feature. Bad input (no id, repeated ids, no numeric column, NaN/inf values, unreadable file) raises
 :class:`FeatureTableError` naming the problem and the offending rows; ``drop_invalid=True`` drops
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("id", "track_id")  # first one present is the id
 LABEL_COLUMN = "label"
-FEATURES_METADATA_KEY = b"cml.features"
+FEATURES_METADATA_KEY = b"cml.data.features"
 PART = re.compile(r"part-(\d{5})-of-(\d{5})(\.[A-Za-z]+)$")  # one rank's share of a table (see `part_path`)
 _SHOW = 10  # how many offending ids an error message names
 

@@ -1,4 +1,4 @@
-"""Convert the musicnn package's TensorFlow-1 checkpoints into the weights `cml.musicnn` loads.
+"""Convert the musicnn package's TensorFlow-1 checkpoints into the weights `cml.model.musicnn` loads.
 
 Run once, in a throwaway environment (TensorFlow pins what the project's environment must not hold):
 
@@ -56,7 +56,7 @@ def _dense(reader, tf_name: str, torch_name: str) -> dict[str, np.ndarray]:
 
 
 def musicnn_state(reader) -> dict[str, np.ndarray]:
-    """tf.compat.v1.layers names in creation order -> cml.musicnn.MusicnnNet names."""
+    """tf.compat.v1.layers names in creation order -> cml.model.musicnn.MusicnnNet names."""
     state = _bn(reader, "batch_normalization", "bn_input")
     blocks = ["timbral.0", "timbral.1", "temporal.0", "temporal.1", "temporal.2", "mid.0", "mid.1", "mid.2"]
     for i, name in enumerate(blocks):
@@ -68,7 +68,7 @@ def musicnn_state(reader) -> dict[str, np.ndarray]:
 
 
 def vgg_state(reader) -> dict[str, np.ndarray]:
-    """tf names -> cml.musicnn.VggNet names."""
+    """tf names -> cml.model.musicnn.VggNet names."""
     state = _bn(reader, "batch_normalization", "bn_input")
     for i in range(5):
         state |= _conv(reader, f"{i + 1}CNN", f"convs.{i}") | _bn(reader, f"batch_normalization_{i + 1}", f"bns.{i}")
@@ -76,7 +76,7 @@ def vgg_state(reader) -> dict[str, np.ndarray]:
 
 
 def reference_outputs(model: str, x: np.ndarray) -> dict[str, np.ndarray]:
-    """Every layer cml.musicnn exposes, from the original graph with the weights restored strictly."""
+    """Every layer cml.model.musicnn exposes, from the original graph with the weights restored strictly."""
     tf.compat.v1.disable_eager_execution()
     tf.compat.v1.reset_default_graph()
     inputs = tf.compat.v1.placeholder(tf.float32, [None, FRAMES, MELS])

@@ -147,7 +147,7 @@ class Chromium:
 
 
 def map_point(browser: Chromium, row: int) -> tuple[float, float]:
-    """Where the library map (cml/map_static/map.js) draws track ``row``, in page pixels."""
+    """Where the library map (cml/playlist/static/map.js) draws track ``row``, in page pixels."""
     return tuple(browser.evaluate(f"""(() => {{
         const gd = document.getElementById('cml-map'), L = gd._fullLayout, box = gd.getBoundingClientRect();
         for (const t of gd._fullData) {{ const i = (t.customdata || []).indexOf({row});

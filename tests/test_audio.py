@@ -10,8 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from cml.audio import LogMel, MelConfig, iter_blocks, load_audio, track_logmel
-from cml.scan import register_cli, scan_audio, write_skip_report
+from cml.audio.mel import LogMel, MelConfig, iter_blocks, load_audio, track_logmel
+from cml.data.scan import register_cli, scan_audio, write_skip_report
 
 # (extension, soundfile format, subtype, sample rate the format accepts)
 FORMATS = [
@@ -148,7 +148,7 @@ def test_logmel_matches_torchaudio_centred_zero_padded():
 
 def test_logmel_in_frame_chunks_equals_one_stft_to_the_last_bit():
     """The chunked FFT (`FRAME_CHUNK` frames at a time) is the same computation as one torch.stft."""
-    from cml.audio import FRAME_CHUNK
+    from cml.audio.mel import FRAME_CHUNK
 
     cfg = MelConfig()
     logmel = LogMel(cfg)
@@ -181,13 +181,13 @@ def test_track_logmel_equals_one_shot(tmp_path):
 
 
 def test_track_logmel_max_frames_decodes_only_what_it_needs_and_gives_the_same_frames(tmp_path, monkeypatch):
-    import cml.audio
+    import cml.audio.mel
 
     path = write(tmp_path / "m.flac", music(7.3, 44100, channels=2), 44100)
     whole = track_logmel(path, MelConfig(), block_seconds=0.5)
     blocks = []
-    real = cml.audio.iter_blocks
-    monkeypatch.setattr(cml.audio, "iter_blocks", lambda *a, **k: (blocks.append(b) or b for b in real(*a, **k)))
+    real = cml.audio.mel.iter_blocks
+    monkeypatch.setattr(cml.audio.mel, "iter_blocks", lambda *a, **k: (blocks.append(b) or b for b in real(*a, **k)))
     head = track_logmel(path, MelConfig(), block_seconds=0.5, max_frames=150)
     assert torch.equal(head, whole[:, :150])
     assert len(blocks) <= 4  # 1.5 s and the next block's look-ahead, not all 15 blocks

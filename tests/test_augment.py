@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from cml.audio import LogMel, MelConfig
-from cml.augment import Augment, AugmentConfig
+from cml.audio.mel import LogMel, MelConfig
+from cml.train.augment import Augment, AugmentConfig
 
 OFF = dict(gain_p=0, noise_p=0, tilt_p=0, eq_p=0, filter_p=0, shift_p=0, time_masks=0, freq_masks=0)
 

@@ -13,14 +13,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from cml.audio import MelConfig
-from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
+from cml.audio.mel import MelConfig
+from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.cli import main
-from cml.embed import estimate_normalizer
-from cml.model import EncoderConfig
-from cml.scan import scan_audio
+from cml.embed.tracks import estimate_normalizer
+from cml.model.encoder import EncoderConfig
+from cml.data.scan import scan_audio
 from cml.tables import read_feature_table, read_tracks, write_feature_table
-from cml.train import readable_crops, train
+from cml.train.loop import readable_crops, train
 
 SR = 16000
 TINY_MODEL = dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16)
@@ -112,8 +112,8 @@ def test_scan_skips_bad_audio_with_what_is_wrong_and_keeps_every_good_file(tmp_p
 
 def test_embed_of_a_folder_decodes_each_file_once_and_still_reports_every_bad_one(tmp_path, monkeypatch, capsys):
     """`cml embed AUDIO_DIR` scans headers only; what a full scan finds by decoding, the embedding finds."""
-    import cml.embed
-    import cml.scan
+    import cml.embed.tracks
+    import cml.data.scan
 
     root = tmp_path / "audio"
     (root / "a").mkdir(parents=True)
@@ -127,9 +127,9 @@ def test_embed_of_a_folder_decodes_each_file_once_and_still_reports_every_bad_on
            str(root / "a" / "silent.wav"): "silent", str(root / "a" / "text.mp3"): "not audio"}
     (root / "a" / "text.mp3").write_text("this is a text file renamed to .mp3\n")
     decoded, scanned = [], []
-    real_logmels, real_frames = cml.embed.iter_logmels, cml.scan.iter_frames
-    monkeypatch.setattr(cml.embed, "iter_logmels", lambda paths, *a, **k: decoded.extend(paths) or real_logmels(paths, *a, **k))
-    monkeypatch.setattr(cml.scan, "iter_frames", lambda *a, **k: scanned.append(a) or real_frames(*a, **k))
+    real_logmels, real_frames = cml.embed.tracks.iter_logmels, cml.data.scan.iter_frames
+    monkeypatch.setattr(cml.embed.tracks, "iter_logmels", lambda paths, *a, **k: decoded.extend(paths) or real_logmels(paths, *a, **k))
+    monkeypatch.setattr(cml.data.scan, "iter_frames", lambda *a, **k: scanned.append(a) or real_frames(*a, **k))
     out, report = tmp_path / "e.parquet", tmp_path / "skipped.csv"
     code, _ = run(["embed", "untrained:none", root, "--out", out, "--skipped", report, "--quiet", "--no-cache",
                    *[a for kv in ("dim=16", "depth=1", "heads=2", "embed_dim=8") for a in ("--set", kv)]], capsys)
@@ -366,7 +366,7 @@ def test_an_unexpected_error_is_one_line_unless_debug_asks_for_the_traceback(mon
     def boom(*args, **kwargs):
         raise ZeroDivisionError("inside the encoder")
 
-    monkeypatch.setattr("cml.embed.embed_tracks", boom)
+    monkeypatch.setattr("cml.embed.tracks.embed_tracks", boom)
     argv = ["embed", "untrained:none", "--tracks", library, "--out", tmp_path / "e.parquet", "--quiet"]
     code, lines = run(argv, capsys)
     assert code == 1

@@ -22,12 +22,12 @@ def test_help_imports_no_command_module_and_no_heavy_library():
 
 
 def test_scan_starts_without_torch():
-    loaded = modules_loaded("from cml.cli import build_parser\nbuild_parser('scan')\nimport cml.scan")
-    assert "cml.scan" in loaded and not loaded & {"torch", "torchaudio", "cml.audio"}
+    loaded = modules_loaded("from cml.cli import build_parser\nbuild_parser('scan')\nimport cml.data.scan")
+    assert "cml.data.scan" in loaded and not loaded & {"torch", "torchaudio", "cml.audio.mel"}
 
 
-@pytest.mark.parametrize("command,imported_by_it", [("tracks", {"cml.scan"}), ("corpus", {"cml.soundtracks"}),
-                                                    ("pool", {"cml.soundtracks"})])
+@pytest.mark.parametrize("command,imported_by_it", [("tracks", {"cml.data.scan"}), ("corpus", {"cml.data.soundtracks"}),
+                                                    ("pool", {"cml.data.soundtracks"})])
 def test_a_command_imports_its_own_module_and_what_that_imports(command, imported_by_it):
     loaded = modules_loaded(f"from cml.cli import build_parser\nbuild_parser({command!r})")
     own = f"cml.{COMMANDS[command][0]}"

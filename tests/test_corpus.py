@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import yaml
 
-from cml import corpus
-from cml.corpus import MANIFEST_COLUMNS, PROGRAM_POOL, CorpusConfig, StyleClass, build_corpus, draw_programs
+from cml.data import corpus
+from cml.data.corpus import MANIFEST_COLUMNS, PROGRAM_POOL, CorpusConfig, StyleClass, build_corpus, draw_programs
 from cml.errors import CmlError, UsageError
 
 TINY = dict(classes=["bach_chorale", "essen_folk"], pieces_per_class=2, max_seconds=4.0, min_seconds=2.0, workers=1,

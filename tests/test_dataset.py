@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from cml.dataset import TracksConfig, build_tracks
+from cml.data.tracks import TracksConfig, build_tracks
 from cml.params import build
-from cml.sources import has_audio_files, resolve_audio_dir
+from cml.data.sources import has_audio_files, resolve_audio_dir
 
 
 def tone(path, seconds=2.0, freq=440.0, sr=16000):

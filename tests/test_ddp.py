@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY, make_tracks  # noqa: E402
 
-from cml.checkpoint import read_checkpoint  # noqa: E402
-from cml.train import train  # noqa: E402
+from cml.model.checkpoint import read_checkpoint  # noqa: E402
+from cml.train.loop import train  # noqa: E402
 
 CONFIG = {**TINY, "batch_size": 4, "epochs": 2, "kmeans_lambda": 0.3, "kmeans_k": 2}
 

@@ -14,7 +14,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from cml import elki
+from cml.cluster import elki
 from cml.errors import CmlError
 
 

@@ -6,13 +6,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from cml.audio import MelConfig, centre_offset, track_logmel
+from cml.audio.mel import MelConfig, centre_offset, track_logmel
 from cml.cli import main
-from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
-from cml.embed import (Crops, centre_crop, embed_tracks, estimate_normalizer, load_model,
+from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
+from cml.embed.tracks import (Crops, centre_crop, embed_tracks, estimate_normalizer, load_model,
                        parse_overrides)
 from cml.errors import UsageError
-from cml.model import VARIANTS, EncoderConfig
+from cml.model.encoder import VARIANTS, EncoderConfig
 from cml.tables import read_feature_table
 
 SR = 16000
@@ -61,7 +61,7 @@ def test_full_and_chunked_shapes_and_whole_window_equals_full(encoder, tracks):
 def test_a_vector_is_the_encoders_chunked_embedding_and_batching_tracks_changes_nothing(encoder, tracks, monkeypatch):
     """On a CPU each track goes through alone (bit for bit `Encoder.embed_chunked`); on a GPU the windows of
     several tracks share encoder passes, grouped by window length: the same vectors up to float rounding."""
-    import cml.embed
+    import cml.embed.tracks
 
     norm, mel = Normalizer(-5.0, 4.0), MelConfig()
     alone = embed_tracks(encoder, mel, norm, tracks, window_seconds=1.0, progress=False)
@@ -70,7 +70,7 @@ def test_a_vector_is_the_encoders_chunked_embedding_and_batching_tracks_changes_
             x = norm(track_logmel(row.path, mel))[None]
             np.testing.assert_array_equal(vector, encoder.eval().embed_chunked(x, 100, 50)[0].numpy())
     batches = []
-    monkeypatch.setattr(cml.embed._TrackBatch, "full", lambda self, device: batches.append(len(self.rows)) and False)
+    monkeypatch.setattr(cml.embed.tracks._TrackBatch, "full", lambda self, device: batches.append(len(self.rows)) and False)
     together = embed_tracks(encoder, mel, norm, tracks, window_seconds=1.0, progress=False)
     assert max(batches) == 3  # all three tracks in one batch
     np.testing.assert_allclose(together.X, alone.X, rtol=1e-5, atol=1e-6)
@@ -248,7 +248,7 @@ def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
 
 
 def test_untrained_baseline_takes_the_model_size_and_front_end_from_params(tmp_path):
-    from cml.embed import load_model, study_model
+    from cml.embed.tracks import load_model, study_model
 
     params = tmp_path / "params.yaml"
     params.write_text("model: {dim: 32, depth: 1, heads: 2}\nfrontend: {n_mels: 32}\ntrain: {epochs: 1}\n")
@@ -323,7 +323,7 @@ def test_windows_stop_the_drift_of_absolute_positions(lengths):
 
 
 def test_the_untrained_window_is_the_recipe_s():
-    from cml.embed import DEFAULT_CROP_SECONDS
-    from cml.train import TrainConfig
+    from cml.embed.tracks import DEFAULT_CROP_SECONDS
+    from cml.train.loop import TrainConfig
 
     assert DEFAULT_CROP_SECONDS == TrainConfig().crop_seconds

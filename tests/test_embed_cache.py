@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-import cml.embed
-from cml.audio import MelConfig
-from cml.checkpoint import Normalizer, save_checkpoint, untrained_encoder
+import cml.embed.tracks
+from cml.audio.mel import MelConfig
+from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.cli import main
-from cml.embed import embed_tracks
-from cml.embed_cache import DB_NAME, EmbeddingCache, model_key
-from cml.model import EncoderConfig
+from cml.embed.tracks import embed_tracks
+from cml.embed.cache import DB_NAME, EmbeddingCache, model_key
+from cml.model.encoder import EncoderConfig
 from cml.tables import FeatureTableError, read_feature_table
 
 TINY = dict(dim=16, depth=1, heads=2, mlp_ratio=2, embed_dim=8, proj_dim=4)
@@ -34,15 +34,15 @@ def tone(path, seconds, freq, seed=0, sr=16000):
 
 @pytest.fixture
 def decodes(monkeypatch):
-    """Counts the audio files `cml.embed` decodes (handed to its decoding workers, `iter_logmels`)."""
+    """Counts the audio files `cml.embed.tracks` decodes (handed to its decoding workers, `iter_logmels`)."""
     calls = []
-    real = cml.embed.iter_logmels
+    real = cml.embed.tracks.iter_logmels
 
     def counting(paths, *args, **kwargs):
         calls.extend(map(str, paths))
         return real(paths, *args, **kwargs)
 
-    monkeypatch.setattr(cml.embed, "iter_logmels", counting)
+    monkeypatch.setattr(cml.embed.tracks, "iter_logmels", counting)
     return calls
 
 
@@ -120,8 +120,8 @@ def test_the_cli_reuses_vectors_only_for_the_same_checkpoint(library, tmp_path, 
 def test_an_untrained_baseline_rerun_decodes_nothing_not_even_for_its_standardisation(library, tmp_path, decodes,
                                                                                         monkeypatch):
     measured = []
-    real = cml.embed.track_logmel
-    monkeypatch.setattr(cml.embed, "track_logmel", lambda path, *a, **k: measured.append(path) or real(path, *a, **k))
+    real = cml.embed.tracks.track_logmel
+    monkeypatch.setattr(cml.embed.tracks, "track_logmel", lambda path, *a, **k: measured.append(path) or real(path, *a, **k))
     library.to_csv(tmp_path / "tracks.csv", index=False)
     args = ["embed", "untrained:rope1d", "--tracks", str(tmp_path / "tracks.csv"), "--cache", str(tmp_path / "cache"),
             "--quiet", "--workers", "0", *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]]
@@ -139,7 +139,7 @@ def test_a_corrupt_cache_is_set_aside_and_rebuilt_with_a_message(library, tmp_pa
     encoder = untrained_encoder(EncoderConfig(variant="rope1d", **TINY), seed=0)
     first, _ = _embed(encoder, library, tmp_path / "cache", "k")
     (tmp_path / "cache" / DB_NAME).write_bytes(b"this is not a database" * 100)
-    with caplog.at_level(logging.WARNING, logger="cml.embed_cache"):
+    with caplog.at_level(logging.WARNING, logger="cml.embed.cache"):
         again, counts = _embed(encoder, library, tmp_path / "cache", "k")
     assert "cannot be read" in caplog.text and "rebuilding" in caplog.text
     assert counts == (0, 3) and np.array_equal(again.X, first.X)
@@ -189,7 +189,7 @@ def test_torchrun_ranks_write_parts_that_read_as_the_single_process_table(tmp_pa
 
 
 def test_ranks_take_contiguous_blocks_of_about_equal_audio():
-    from cml.embed import Shard
+    from cml.embed.tracks import Shard
 
     rng = np.random.default_rng(0)
     tracks = pd.DataFrame({"id": [f"t{i}" for i in range(200)], "duration": rng.lognormal(4, 1.2, 200)})

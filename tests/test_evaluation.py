@@ -7,7 +7,7 @@ import pytest
 
 from cml import evaluation
 from cml.evaluation import evaluate_embeddings, kmeans_agreement, length_extrapolation, linear_probe_accuracy
-from cml.neighbours import leave_group_out_knn_accuracy
+from cml.search.neighbours import leave_group_out_knn_accuracy
 from cml.tables import standardise, write_feature_table
 
 

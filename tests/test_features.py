@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from cml.features import (
+from cml.data.features import (
     DESCRIBE_COLUMNS,
     HANDCRAFTED_COLUMNS,
     FeaturesConfig,

@@ -1,4 +1,4 @@
-"""cml.hierarchy: exact single linkage and HDBSCAN* against ELKI, scipy and scikit-learn; the k-NN path; bad input.
+"""cml.cluster.hierarchy: exact single linkage and HDBSCAN* against ELKI, scipy and scikit-learn; the k-NN path; bad input.
 
 Ties: the data are continuous random rows (no two distances tie) except where duplicates are the point; with
 ties, every minimum spanning tree has the same sorted edge lengths, so heights are compared, not edges.
@@ -16,9 +16,9 @@ from sklearn.cluster import HDBSCAN
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from cml import elki, hierarchy
-from cml.clustering import cluster, register_cli
-from cml.neighbours import l2_normalise
+from cml.cluster import elki, hierarchy
+from cml.cluster.methods import cluster, register_cli
+from cml.search.neighbours import l2_normalise
 from cml.tables import write_feature_table
 
 

@@ -1,14 +1,14 @@
-"""`cml.index`: exact search below the size threshold, the faiss index above it, and what each leaves out."""
+"""`cml.search.index`: exact search below the size threshold, the faiss index above it, and what each leaves out."""
 import logging
 
 import numpy as np
 import pytest
 
-from cml import index as index_module
-from cml import neighbours
+from cml.search import index as index_module
+from cml.search import neighbours
 from cml.cli import main
-from cml.index import Index, knn_accuracy, leave_group_out_knn_accuracy
-from cml.neighbours import nearest
+from cml.search.index import Index, knn_accuracy, leave_group_out_knn_accuracy
+from cml.search.neighbours import nearest
 from cml.tables import write_feature_table
 
 
@@ -118,7 +118,7 @@ def library(tmp_path):
 def test_the_cli_switches_to_the_index_above_the_threshold_unless_exact(library, tmp_path, monkeypatch, caplog):
     def neighbours_of(*flags):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="cml.index"):
+        with caplog.at_level(logging.INFO, logger="cml.search.index"):
             assert main(["neighbours", str(library), "t0", "t5", "-k", "5", "--out", str(tmp_path / "n.csv"),
                          *flags]) == 0
         return caplog.text, (tmp_path / "n.csv").read_text()

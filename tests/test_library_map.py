@@ -24,10 +24,11 @@ import soundfile as sf
 
 from cml.cli import main
 from cml.errors import CmlError
-from cml.library_map import choose_projection, load_map, neighbour_preservation, read_clusters, safe_name
-from cml.map_server import Actions, MapServer
-from cml.neighbours import l2_normalise
-from cml.spotify import USER_SCOPES, TokenCache
+from cml.playlist.library_map import choose_projection, load_map, neighbour_preservation, read_clusters, safe_name
+from cml.playlist.server import Actions, MapServer
+from cml.search.neighbours import l2_normalise
+from cml.spotify.auth import TokenCache
+from cml.spotify.client import USER_SCOPES
 from cml.tables import write_feature_table
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -331,7 +332,7 @@ def test_cml_map_reports_a_bad_table_in_one_line(tmp_path, capsys):
 
 
 def test_the_notebook_widget_answers_the_page_s_requests_as_the_server_does(library):
-    from cml.map_widget import LibraryMapWidget
+    from cml.playlist.widget import LibraryMapWidget
 
     widget = LibraryMapWidget(Actions(library[1], "/nonexistent-out"))
     plotly, (code,) = widget.answer({"id": 1, "name": "plotly", "body": {}})
@@ -347,7 +348,7 @@ def test_the_notebook_widget_answers_the_page_s_requests_as_the_server_does(libr
 @pytest.mark.e2e
 def test_the_widget_draws_plays_and_makes_playlists_in_jupyterlab(library, browser, tmp_path):
     """The notebook widget in a real JupyterLab (about a minute: the server and a kernel start)."""
-    cell = ("from cml.map_widget import show_map\nfrom cml.tables import read_feature_table\n"
+    cell = ("from cml.playlist.widget import show_map\nfrom cml.tables import read_feature_table\n"
             f"show_map(read_feature_table({str(library[0])!r}, drop_invalid=True), projection='pca')")
     notebook = {"cells": [{"cell_type": "code", "execution_count": None, "id": "map", "metadata": {}, "outputs": [],
                            "source": cell}], "nbformat": 4, "nbformat_minor": 5,

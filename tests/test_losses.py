@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cml.losses import KMeansLoss, nt_xent
+from cml.train.losses import KMeansLoss, nt_xent
 
 
 def reference_nt_xent(z1, z2, t, same_group=None):

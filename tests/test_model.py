@@ -7,8 +7,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cml.model import VARIANTS, Encoder, EncoderConfig, PatchEmbed, grid_coordinates
-from cml.positional import AlibiBias, RotaryEmbedding, SinCosEmbedding, alibi_slopes, apply_rotary
+from cml.model.encoder import VARIANTS, Encoder, EncoderConfig, PatchEmbed, grid_coordinates
+from cml.model.positional import AlibiBias, RotaryEmbedding, SinCosEmbedding, alibi_slopes, apply_rotary
 
 CROP = 32  # "training crop" of the tiny models, in frames
 POOLS = ("meanstd", "mean", "cls")

@@ -9,14 +9,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from cml import embed, musicnn
-from cml.audio import LogMel, MelConfig, track_logmel
-from cml.checkpoint import Normalizer
+from cml.embed import tracks as embed
+from cml.model import musicnn
+from cml.audio.mel import LogMel, MelConfig, track_logmel
+from cml.model.checkpoint import Normalizer
 from cml.cli import main
-from cml.embed import embed_tracks
+from cml.embed.tracks import embed_tracks
 from cml.errors import CmlError
-from cml.model import chunk_windows
-from cml.musicnn import LAYERS, MODELS, MUSICNN_MEL, PATCH_FRAMES, MusicnnConfig, load_musicnn
+from cml.model.encoder import chunk_windows
+from cml.model.musicnn import LAYERS, MODELS, MUSICNN_MEL, PATCH_FRAMES, MusicnnConfig, load_musicnn
 from cml.tables import read_feature_table
 
 REFERENCE = "tests/fixtures/musicnn_reference.npz"  # scripts/convert_musicnn.py, from the original TF graph

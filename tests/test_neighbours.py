@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from cml.cli import main
-from cml.neighbours import nearest
+from cml.search.neighbours import nearest
 from cml.tables import write_feature_table
 
 

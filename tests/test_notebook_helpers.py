@@ -7,7 +7,7 @@ import pytest
 
 from cml.errors import UsageError
 from cml.evaluation import lead_program, majority_rate, style_timbre_probe
-from cml.neighbours import knn_accuracy
+from cml.search.neighbours import knn_accuracy
 from cml.notebook import audio_excerpt, find_repo_root, listen, save_figure, write_metrics
 from cml.params import load_params
 

@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from scipy.spatial import Delaunay
 
-from cml import index as index_module
-from cml.index import Index
-from cml.playlist import (PlaylistError, auto_seeds, build_playlist, cluster_baseline, compare_with_baselines,
+from cml.search import index as index_module
+from cml.search.index import Index
+from cml.playlist.hull import (PlaylistError, auto_seeds, build_playlist, cluster_baseline, compare_with_baselines,
                           fit_projection, knn_baseline, nearest_neighbour_tour, outside_distance, path_length,
                           playlist_frame, playlist_metrics, playlist_scores, prepare, register_cli, resolve_ids,
                           two_opt, write_playlist)
@@ -92,7 +92,7 @@ def test_degenerate_seeds_take_the_fallback(seeds, dim, region, caplog):
     rng = np.random.default_rng(1)
     seeds = np.array(seeds, dtype=float)
     X = np.vstack([seeds, rng.uniform(-1, 3, size=(300, seeds.shape[1]))])
-    with caplog.at_level(logging.INFO, logger="cml.playlist"):
+    with caplog.at_level(logging.INFO, logger="cml.playlist.hull"):
         playlist = build_playlist(X, range(len(seeds)), 15, dim=dim)
     assert playlist.region == region
     assert len(playlist.order) == 15  # the fallback radius grows until it holds the length asked for
@@ -103,12 +103,12 @@ def test_degenerate_seeds_take_the_fallback(seeds, dim, region, caplog):
 
 
 def test_a_qhull_error_falls_back_instead_of_escaping(monkeypatch, caplog):
-    import cml.playlist
+    import cml.playlist.hull
 
-    monkeypatch.setattr(cml.playlist, "RANK_TOL", 0.0)  # let rounding noise pass the rank test
+    monkeypatch.setattr(cml.playlist.hull, "RANK_TOL", 0.0)  # let rounding noise pass the rank test
     rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
     seeds = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [0.3, 0.3, 0]]) @ rotation  # co-planar
-    with caplog.at_level(logging.INFO, logger="cml.playlist"):
+    with caplog.at_level(logging.INFO, logger="cml.playlist.hull"):
         kind, distance = outside_distance(np.vstack([seeds, [[5, 5, 5]]]), seeds)
     assert kind == "flat hull" and "Qhull could not build" in caplog.text
     np.testing.assert_allclose(distance[:5], 0, atol=1e-9)
@@ -142,7 +142,7 @@ def test_lp_tolerance_is_the_largest_coordinate_deviation():
 def test_lp_distances_match_one_linprog_per_track():
     from scipy.optimize import linprog
 
-    from cml.playlist import lp_outside_distance
+    from cml.playlist.hull import lp_outside_distance
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(120, 8))
@@ -382,7 +382,7 @@ def test_cli_journey(tmp_path):
 def test_the_cli_searches_a_large_library_with_the_index(tmp_path, monkeypatch, caplog):
     path = spotify_csv(tmp_path)
     argv = ["playlist", str(path), "--seed-tracks", "sp000,sp059", "--length", "6", "--mode", "journey", "--out"]
-    with caplog.at_level(logging.INFO, logger="cml.index"):
+    with caplog.at_level(logging.INFO, logger="cml.search.index"):
         assert run_cli([*argv, str(tmp_path / "exact.csv")]) == 0
         assert "exact search" in caplog.text
         monkeypatch.setattr(index_module, "EXACT_BELOW", 10)

@@ -1,4 +1,4 @@
-"""The pretraining pool (`cml.pool`) on two tiny fake .deb files built here with dpkg-deb: no network. ``gamma-music``
+"""The pretraining pool (`cml.data.pool`) on two tiny fake .deb files built here with dpkg-deb: no network. ``gamma-music``
 has its recordings in a folder, with a jingle under 30 s, a corrupt file and known repeats; ``delta-data`` packs
 them in a zip inside the .deb."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from cml import pool, soundtracks
+from cml.data import pool, soundtracks
 from cml.cli import main
 from cml.errors import CmlError
-from cml.pool import COLUMNS, JOURNAL, POOL, PoolPackage, build_pool
+from cml.data.pool import COLUMNS, JOURNAL, POOL, PoolPackage, build_pool
 from tests.test_soundtracks import make_deb, ogg
 
 GAMMA = PoolPackage("gamma-music", "1.0-1", "./usr/share/games/gamma/music", "CC-BY-SA-3.0",

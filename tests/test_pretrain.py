@@ -1,4 +1,4 @@
-"""cml.pretrain and the shipped encoder: it loads offline and embeds; fine-tuning starts from it; a pretraining run
+"""cml.train.pretrain and the shipped encoder: it loads offline and embeds; fine-tuning starts from it; a pretraining run
 on a tiny pool resumes and ships a checkpoint that loads. None of it trains for more than a few steps."""
 
 import json
@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 
-from cml.checkpoint import PRETRAINED_CHECKPOINT, load_encoder
+from cml.model.checkpoint import PRETRAINED_CHECKPOINT, load_encoder
 from cml.cli import main
-from cml.embed import load_model
+from cml.embed.tracks import load_model
 from cml.errors import UsageError
-from cml.pretrain import pretrain, pretrain_config, pretrain_tracks, ship
+from cml.train.pretrain import pretrain, pretrain_config, pretrain_tracks, ship
 from cml.tables import read_feature_table
-from cml.train import train
+from cml.train.loop import train
 from test_train import TINY, make_tracks
 
 

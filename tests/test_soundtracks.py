@@ -15,12 +15,12 @@ import pytest
 import soundfile as sf
 import yaml
 
-from cml import corpus, soundtracks
+from cml.data import corpus, soundtracks
 from cml.cli import main
-from cml.corpus import CorpusConfig, build_corpus
-from cml.dataset import TracksConfig, build_tracks
+from cml.data.corpus import CorpusConfig, build_corpus
+from cml.data.tracks import TracksConfig, build_tracks
 from cml.errors import CmlError, UsageError
-from cml.soundtracks import MANIFEST_COLUMNS, Soundtrack
+from cml.data.soundtracks import MANIFEST_COLUMNS, Soundtrack
 
 FAKE = {
     "alpha": Soundtrack("alpha-data", "2:1.0-1", ("./usr/share/games/alpha/music",)),

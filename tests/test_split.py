@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cml.split import split_counts, split_tracks
+from cml.data.split import split_counts, split_tracks
 
 
 def make_tracks(sizes: dict, unlabelled: int = 0) -> pd.DataFrame:

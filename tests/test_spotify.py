@@ -1,4 +1,4 @@
-"""cml.spotify end to end: the real spotipy client over HTTP against a local fake of the Spotify API.
+"""cml.spotify.client end to end: the real spotipy client over HTTP against a local fake of the Spotify API.
 
 Nothing here reaches the internet: an autouse guard fails any connection or name lookup that is not
 loopback, and the tests check that the fake saw the requests.
@@ -24,10 +24,12 @@ import requests
 import soundfile as sf
 from mutagen.flac import FLAC
 
-from cml.spotify import (PLAYLIST_CHUNK, TOKEN_CACHE, USER_SCOPES, Credentials, SpotifyClient, SpotifyError, TokenCache,
-                         link_local_files, load_credentials, pull, push, register_cli, spotify_id,
-                         write_tracks_csv)
-from cml.spotify_data import AUDIO_FEATURE_COLUMNS, load_spotify_csvs
+from cml.spotify.auth import TOKEN_CACHE, Credentials, TokenCache, load_credentials
+from cml.spotify.cli import register_cli
+from cml.spotify.client import USER_SCOPES, SpotifyClient, spotify_id
+from cml.spotify.http import SpotifyError
+from cml.spotify.sync import PLAYLIST_CHUNK, link_local_files, pull, push, write_tracks_csv
+from cml.spotify.features import AUDIO_FEATURE_COLUMNS, load_spotify_csvs
 
 try:
     from tests.fake_spotify import CLIENT_ID, CLIENT_SECRET, FakeSpotify, track_id
@@ -151,7 +153,7 @@ def test_audio_features_403_warns_once_and_leaves_the_columns_empty(fake, tmp_pa
     assert len(tracks) == 120
     assert tracks[AUDIO_FEATURE_COLUMNS].isna().all().all()
     assert len(fake.seen("GET", "/v1/audio-features/?")) == 1  # second batch not even asked
-    warnings = [r for r in caplog.records if r.name == "cml.spotify" and "audio-features" in r.getMessage()]
+    warnings = [r for r in caplog.records if r.name == "cml.spotify.client" and "audio-features" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
 
     write_tracks_csv(tracks, tmp_path / "data" / "saved.csv")

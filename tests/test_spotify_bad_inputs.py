@@ -1,4 +1,4 @@
-"""cml.spotify on bad input: corrupt token caches, logins that never come back or happen elsewhere,
+"""cml.spotify.client on bad input: corrupt token caches, logins that never come back or happen elsewhere,
 stalled servers, looping or short listings, odd Retry-After values, and out-of-domain CLI options.
 
 Like tests/test_spotify.py, everything runs against the local fake of the Spotify API, offline.
@@ -6,6 +6,7 @@ Like tests/test_spotify.py, everything runs against the local fake of the Spotif
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -19,7 +20,10 @@ import pytest
 import requests
 
 from cml.errors import UsageError
-from cml.spotify import Credentials, SpotifyClient, SpotifyError, TokenCache, pull
+from cml.spotify.auth import Credentials, TokenCache
+from cml.spotify.client import SpotifyClient
+from cml.spotify.http import SpotifyError
+from cml.spotify.sync import pull
 
 try:
     from tests import test_spotify
@@ -138,6 +142,17 @@ def test_cli_no_browser_prints_the_page_and_reads_the_address(fake, tmp_path, mo
     monkeypatch.setattr("builtins.input", closed_stdin)
     with pytest.raises(SpotifyError, match="no address was pasted .*standard input is closed"):
         run_cli("spotify", "pull", "--saved", "--no-browser", "--out", str(tmp_path / "s.csv"), *env)
+
+
+def test_cli_browser_login_without_a_terminal_fails_at_once(fake, tmp_path, monkeypatch):
+    """No cached token and no terminal (a script, a DVC stage): no one can approve, so do not wait for it."""
+    env = cli_env(fake, tmp_path, monkeypatch)
+    monkeypatch.setattr(webbrowser, "open", lambda *a, **k: True)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    start = time.monotonic()
+    with pytest.raises(SpotifyError, match="needs a Spotify login and standard input is not a terminal.*--no-browser"):
+        run_cli("spotify", "pull", "--saved", "--login-timeout", "5", "--out", str(tmp_path / "s.csv"), *env)
+    assert time.monotonic() - start < 2
 
 
 def test_browser_login_gives_up_after_the_timeout(fake, tmp_path, monkeypatch):

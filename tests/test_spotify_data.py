@@ -1,4 +1,4 @@
-"""cml.spotify_data: bad CSVs are reported line by line and never crash the DataAnalysis notebook."""
+"""cml.spotify.features: bad CSVs are reported line by line and never crash the DataAnalysis notebook."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cml.spotify_data import (AUDIO_FEATURE_COLUMNS, SPOTIFY_COLUMNS, feature_correlations, feature_pca,
+from cml.spotify.features import (AUDIO_FEATURE_COLUMNS, SPOTIFY_COLUMNS, feature_correlations, feature_pca,
                               genre_feature_summary, load_spotify_csvs)
 
 

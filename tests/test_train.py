@@ -8,11 +8,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from cml.audio import MelConfig
-from cml.augment import Augment, AugmentConfig
-from cml.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
+from cml.audio.mel import MelConfig
+from cml.train.augment import Augment, AugmentConfig
+from cml.model.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
 from cml.errors import UsageError
-from cml.train import (PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, _patience_over,
+from cml.train.loop import (PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, _patience_over,
                        choose_recipe, epoch_batches, pair_dataset, register_cli, steps_per_epoch, train)
 
 SR = 16000

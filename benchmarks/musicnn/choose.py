@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cml.audio import track_logmel
+from cml.audio.mel import track_logmel
 from cml.evaluation import score_space
-from cml.model import chunk_windows
-from cml.musicnn import LAYERS, MODELS, MUSICNN_MEL, PATCH_FRAMES, load_musicnn
+from cml.model.encoder import chunk_windows
+from cml.model.musicnn import LAYERS, MODELS, MUSICNN_MEL, PATCH_FRAMES, load_musicnn
 from cml.tables import read_tracks
 
 

@@ -5,7 +5,7 @@ and the ClusterTesting grid of the space alone.
     python benchmarks/musicnn/score.py TABLE --tracks TRACKS_CSV --out-dir DIR [--transfer LIBRARY_CSV]
 
 Writes DIR/scores.json (every score of `cml.evaluation.score_space`), DIR/transfer.json (the library's rows
-only) and DIR/cluster_testing-grid.csv (`cml.clustering.run_grid` with ClusterTesting's defaults).
+only) and DIR/cluster_testing-grid.csv (`cml.cluster.methods.run_grid` with ClusterTesting's defaults).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cml.clustering import ClusterTestingConfig, load_tables, run_grid
+from cml.cluster.methods import ClusterTestingConfig, load_tables, run_grid
 from cml.evaluation import score_space, track_rows
 from cml.tables import read_feature_table, read_tracks
 

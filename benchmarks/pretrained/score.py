@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cml.evaluation import kmeans_agreement
-from cml.neighbours import leave_group_out_knn_accuracy
+from cml.search.neighbours import leave_group_out_knn_accuracy
 from cml.tables import read_feature_table, read_tracks, standardise
 
 

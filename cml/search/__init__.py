@@ -1,0 +1,1 @@
+"""Nearest neighbours: exact cosine search, the approximate index of large libraries, k-NN scores."""
