@@ -55,8 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from cml.cluster import elki  # noqa: E402
-from cml.cluster.methods import (METHOD_BUDGET_SECONDS, METHODS, NEEDS_K, cluster, estimate, kdistance_eps,  # noqa: E402
-                            memory_limit_mb, too_costly)
+from cml.cluster.costs import METHOD_BUDGET_SECONDS, estimate, memory_limit_mb, too_costly
+from cml.cluster.methods import METHODS, NEEDS_K, cluster, kdistance_eps
 
 CASES = [  # (task, tool)
     ("single", "elki-slink"), ("single", "elki-anderberg"), ("single", "scipy"), ("single", "sklearn"),

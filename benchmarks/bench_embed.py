@@ -27,10 +27,11 @@ import soundfile as sf
 import torch
 
 from bench_frontend import music
-from cml.audio.mel import MelConfig, iter_blocks, track_logmel
+from cml.audio.mel import iter_blocks, track_logmel
 from cml.audio.files import iter_frames
 from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
-from cml.embed.tracks import WINDOW_CROPS, study_model
+from cml.embed.library import study_model
+from cml.embed.tracks import WINDOW_CROPS
 from cml.model.encoder import EncoderConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -39,7 +39,8 @@ import torch
 
 from cml.audio.mel import MelConfig
 from cml.model.checkpoint import Normalizer, untrained_encoder
-from cml.embed.tracks import embed_tracks, load_model
+from cml.embed.library import load_model
+from cml.embed.tracks import embed_tracks
 from cml.train.losses import nt_xent
 from cml.model.encoder import VARIANTS, Encoder, EncoderConfig
 

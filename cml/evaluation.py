@@ -24,12 +24,29 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from cml.cluster.methods import add_table_arguments, check_at_most, cluster, partition_scores, read_cli_table
-from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
+from cml.cluster.methods import cluster
+from cml.cluster.scores import partition_scores
+from cml.data.split import split_tracks
+from cml.errors import (
+    UsageError,
+    check_input_file,
+    check_output,
+    count,
+    fraction,
+    non_negative_int,
+)
 from cml.search.index import knn_accuracy, leave_group_out_knn_accuracy
 from cml.search.neighbours import fit_knn, l2_normalise
-from cml.data.split import split_tracks
-from cml.tables import FeatureTable, preview, read_feature_table, read_tracks, standardise
+from cml.tables import (
+    FeatureTable,
+    add_table_arguments,
+    check_at_most,
+    preview,
+    read_cli_table,
+    read_feature_table,
+    read_tracks,
+    standardise,
+)
 
 log = logging.getLogger(__name__)
 

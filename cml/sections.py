@@ -18,7 +18,7 @@ from cml.params import Study, load_config, load_params
 def sections() -> dict[str, type]:
     """Every section of params.yaml and its config dataclass, in the order `cml params` prints them."""
     from cml.audio.mel import MelConfig
-    from cml.cluster.methods import ClusterTestingConfig
+    from cml.cluster.grid import ClusterTestingConfig
     from cml.data.corpus import CorpusConfig
     from cml.data.tracks import TracksConfig
     from cml.evaluation import EvaluateConfig
@@ -26,7 +26,7 @@ def sections() -> dict[str, type]:
     from cml.model.encoder import EncoderConfig
     from cml.model.musicnn import MusicnnConfig
     from cml.playlist.hull import PlaylistsConfig
-    from cml.train.loop import TrainConfig
+    from cml.train.config import TrainConfig
 
     return {"study": Study, "frontend": MelConfig, "corpus": CorpusConfig, "tracks": TracksConfig,
             "features": FeaturesConfig, "data_analysis": DataAnalysisConfig, "model": EncoderConfig,

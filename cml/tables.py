@@ -23,6 +23,7 @@ A folder is a table split in parts (`part_path`: one per `torchrun` rank, ``part
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -36,7 +37,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cml.errors import CmlError
+from cml.errors import CmlError, UsageError, check_input_file
 
 log = logging.getLogger(__name__)
 
@@ -196,13 +197,14 @@ def read_feature_table(path: str | Path, *, label_column: str = LABEL_COLUMN,
     if dup.any():
         if not drop_invalid:
             raise FeatureTableError(f"{path}: {dup.sum()} repeated ids: {preview(np.unique(ids[dup]))} "
-                                    "(drop_invalid=True keeps the first row of each)")
+                                    "(--drop-invalid, or drop_invalid=True, keeps the first row of each)")
         log.warning("%s: dropped %d rows with repeated ids: %s", path, dup.sum(), preview(ids[dup]))
         keep &= ~dup
     bad = ~np.isfinite(X).all(axis=1)
     if bad.any():
         if not drop_invalid:
-            raise FeatureTableError(f"{path}: NaN or inf features in {bad.sum()} rows, ids: {preview(ids[bad])}")
+            raise FeatureTableError(f"{path}: NaN or inf features in {bad.sum()} rows, ids: {preview(ids[bad])} "
+                                    "(--drop-invalid, or drop_invalid=True, drops them)")
         log.warning("%s: dropped %d rows with NaN/inf features: %s", path, bad.sum(), preview(ids[bad]))
         keep &= ~bad
 
@@ -213,6 +215,18 @@ def read_feature_table(path: str | Path, *, label_column: str = LABEL_COLUMN,
     meta_cols = [c for c in df.columns if c not in features and c not in (id_col, label_column)]
     return FeatureTable(ids=ids[keep], X=np.ascontiguousarray(X[keep]), feature_names=[str(c) for c in features],
                         labels=labels, meta=df.loc[keep, meta_cols].reset_index(drop=True))
+
+
+WRITE_SUFFIXES = (".parquet", ".csv")  # what write_feature_table writes (and every reader reads back)
+
+
+def check_table_suffix(path: str | Path, option: str) -> Path:
+    """A UsageError naming `option` unless `path` ends in a suffix a feature table is written with."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise UsageError(f"{option} {path}: a feature table is written as {' or '.join(WRITE_SUFFIXES)}, "
+                         f"not {path.suffix or 'a file without an extension'!r}")
+    return path
 
 
 def write_feature_table(path: str | Path, ids, X, labels=None,
@@ -272,3 +286,52 @@ def standardise(X: np.ndarray | pd.DataFrame) -> tuple[np.ndarray, np.ndarray, n
     # Relative threshold: a constant column's float std is ~1e-16 * |value|, not exactly 0.
     std = np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
     return (X - mean) / std, mean, std
+
+
+# ---- the feature table of a command (cml evaluate, cluster, playlist, neighbours) ----
+
+def take_rows(table: FeatureTable, rows: np.ndarray) -> FeatureTable:
+    """The table's rows ``rows`` (indices, in that order)."""
+    return FeatureTable(ids=table.ids[rows], X=table.X[rows], feature_names=table.feature_names,
+                        labels=None if table.labels is None else table.labels[rows],
+                        meta=table.meta.iloc[rows].reset_index(drop=True))
+
+
+def check_directions(table: FeatureTable, source: object, *, drop_invalid: bool = False) -> FeatureTable:
+    """The table, checked before its rows are L2-normalised: a row of length zero has no direction
+    (`l2_normalise` would leave it at the origin, at distance 1 from every unit row, so it would join
+    clusters and playlists at random). It is named in a FeatureTableError, or with ``drop_invalid`` dropped
+    and named in the log."""
+    zero = np.linalg.norm(table.X, axis=1) == 0
+    if not zero.any():
+        return table
+    message = (f"{source}: {zero.sum()} rows of length zero have no direction to L2-normalise, "
+               f"ids: {preview(table.ids[zero])}")
+    if not drop_invalid:
+        raise FeatureTableError(f"{message} (--drop-invalid, or drop_invalid=True, drops them)")
+    log.warning("%s: dropped", message)
+    return take_rows(table, np.flatnonzero(~zero))
+
+
+def add_table_arguments(p: argparse.ArgumentParser) -> None:
+    """The feature-table arguments that `read_cli_table` reads."""
+    p.add_argument("file", help="feature table (.parquet or .csv) with an id column and numeric features")
+    p.add_argument("--label-column", help=f"column holding the true labels (default: {LABEL_COLUMN}, if present)")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop rows with NaN/inf, repeated ids or (under L2 scaling) length zero")
+
+
+def read_cli_table(args: argparse.Namespace, *, l2: bool) -> FeatureTable:
+    """The feature table of a command, checked before the work: the file exists, a --label-column given
+    is in it (a missing one must not quietly mean "no labels"), and ``l2``: every row has a direction."""
+    path = check_input_file(args.file, "feature table")
+    table = read_feature_table(path, label_column=args.label_column or LABEL_COLUMN, drop_invalid=args.drop_invalid)
+    if args.label_column is not None and table.labels is None:
+        raise UsageError(f"--label-column {args.label_column!r}: no such column in {path}")
+    return check_directions(table, path, drop_invalid=args.drop_invalid) if l2 else table
+
+
+def check_at_most(value: int | None, option: str, n: int, what: str) -> None:
+    """A count option that the data must hold (k <= rows, ...): a UsageError before the work, not a clamp."""
+    if value is not None and value > n:
+        raise UsageError(f"{option} {value} is more than the {n} {what}")

@@ -20,7 +20,8 @@ from cml.embed.tracks import estimate_normalizer
 from cml.model.encoder import EncoderConfig
 from cml.data.scan import scan_audio
 from cml.tables import read_feature_table, read_tracks, write_feature_table
-from cml.train.loop import readable_crops, train
+from cml.train.data import readable_crops
+from cml.train.loop import train
 
 SR = 16000
 TINY_MODEL = dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16)
@@ -366,7 +367,7 @@ def test_an_unexpected_error_is_one_line_unless_debug_asks_for_the_traceback(mon
     def boom(*args, **kwargs):
         raise ZeroDivisionError("inside the encoder")
 
-    monkeypatch.setattr("cml.embed.tracks.embed_tracks", boom)
+    monkeypatch.setattr("cml.embed.library.embed_tracks", boom)
     argv = ["embed", "untrained:none", "--tracks", library, "--out", tmp_path / "e.parquet", "--quiet"]
     code, lines = run(argv, capsys)
     assert code == 1

@@ -10,9 +10,11 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from cml.cluster.methods import (GRID_METRICS, METHODS, ClusterTestingConfig, best_pair, check_directions, cluster,
-                            contingency, discover_tables, partition_scores, grid_metrics, headline_metric, kdistance_eps,
-                            load_tables, medoids, purity, ranking, register_cli, run_grid, select_spaces)
+from cml.tables import check_directions
+from cml.cluster.cli import register_cli
+from cml.cluster.grid import GRID_METRICS, ClusterTestingConfig, best_pair, discover_tables, grid_metrics, headline_metric, load_tables, ranking, run_grid, select_spaces
+from cml.cluster.methods import METHODS, cluster, kdistance_eps
+from cml.cluster.scores import contingency, partition_scores, medoids, purity
 from cml.errors import UsageError
 from cml.search.neighbours import l2_normalise
 from cml.params import load_config
@@ -301,13 +303,13 @@ SCALABLE = ("kmeans", "elki-kmeans", "dbscan", "elki-dbscan")  # elki-dbscan: wi
 
 
 def test_every_method_of_the_grid_has_a_measured_cost():
-    from cml.cluster.methods import COSTS
+    from cml.cluster.costs import COSTS
     assert set(COSTS) == set(METHODS)
 
 
 @pytest.mark.parametrize("method", QUADRATIC)
 def test_a_quadratic_method_is_skipped_at_100k_rows_with_a_reason(method):
-    from cml.cluster.methods import too_costly
+    from cml.cluster.costs import too_costly
     reason = too_costly(method, 100_000, 128, memory_mb=18 * GIB)  # asks the model: nothing runs
     assert reason.startswith("skipped at 100,000 rows: ")
     assert too_costly(method, 420, 128, memory_mb=18 * GIB) is None  # the project's own library runs
@@ -315,7 +317,7 @@ def test_a_quadratic_method_is_skipped_at_100k_rows_with_a_reason(method):
 
 @pytest.mark.parametrize("method", SCALABLE)
 def test_what_scales_runs_at_100k_rows(method):
-    from cml.cluster.methods import too_costly
+    from cml.cluster.costs import too_costly
     assert too_costly(method, 100_000, 128, memory_mb=18 * GIB) is None
     if method in ("kmeans", "elki-kmeans"):  # linear: a million rows too
         assert too_costly(method, 1_000_000, 128, memory_mb=18 * GIB) is None
@@ -325,14 +327,14 @@ def test_what_scales_runs_at_100k_rows(method):
 
 @pytest.mark.parametrize("method", ["mst-single", "mst-hdbscan", "knn-single", "knn-hdbscan"])
 def test_a_hierarchy_runs_at_100k_rows_and_a_k_nn_one_at_a_million(method):
-    from cml.cluster.methods import too_costly
+    from cml.cluster.costs import too_costly
     assert too_costly(method, 100_000, 128, memory_mb=18 * GIB) is None
     at_1m = too_costly(method, 1_000_000, 128, memory_mb=18 * GIB)
     assert (at_1m is None) if method.startswith("knn-") else at_1m.startswith("skipped at 1,000,000 rows: O(n^2)")
 
 
 def test_the_time_guard_extrapolates_the_measured_base_point():
-    from cml.cluster.methods import COSTS, too_costly
+    from cml.cluster.costs import COSTS, too_costly
     cost = COSTS["elki-slink"]
     at_budget = cost.rows * (900 / cost.seconds) ** (1 / cost.exponent)  # the rows that take 15 min
     assert too_costly("elki-slink", int(at_budget * 0.99), 128, memory_mb=1e9) is None
@@ -343,7 +345,7 @@ def test_the_time_guard_extrapolates_the_measured_base_point():
 
 
 def test_the_memory_guard_skips_an_n2_matrix_that_does_not_fit():
-    from cml.cluster.methods import too_costly
+    from cml.cluster.costs import too_costly
     need = 1.25 * 100_000 ** 2 / 2 * 8 / 2**30  # GiB: Anderberg's triangular matrix
     reason = too_costly("elki-ward", 100_000, 128, budget=float("inf"), memory_mb=(need - 1) * GIB)
     assert re.match(r"skipped at 100,000 rows: about 4\d\.\d GiB of memory \(an n\^2/2 distance matrix\)", reason)
@@ -353,14 +355,15 @@ def test_the_memory_guard_skips_an_n2_matrix_that_does_not_fit():
 
 
 def test_dbscan_neighbourhood_lists_are_sized_before_they_are_built(monkeypatch, blobs):
-    import cml.cluster.methods as cc
+    import cml.cluster.costs as cc
+    from cml.cluster.methods import cluster
     X = np.random.default_rng(0).normal(size=(300, 4))
     assert cc.dbscan_lists_mb(X, eps=1e6) == pytest.approx(300 * (300 * 16 + 100) / 2**20)  # all neighbours
     base = cc.estimate("dbscan", 300, 4)[1]  # the guard's estimate without the lists: it lets DBSCAN start
     monkeypatch.setattr(cc, "memory_limit_mb", lambda: base + 0.01)  # as if the lists passed the RAM
     assert cc.too_costly("dbscan", 300, 4) is None
     with pytest.raises(ValueError, match="skipped at 300 rows: scikit-learn DBSCAN's neighbourhood lists"):
-        cc.cluster(X, "dbscan", eps=1e6)
+        cluster(X, "dbscan", eps=1e6)
     table = FeatureTable(ids=np.arange(300).astype(str), X=X, feature_names=list("abcd"), labels=None,
                          meta=pd.DataFrame(index=range(300)))
     grid = run_grid({"space": table}, ["dbscan"])
@@ -368,7 +371,7 @@ def test_dbscan_neighbourhood_lists_are_sized_before_they_are_built(monkeypatch,
 
 
 def test_the_grid_skips_what_the_guard_refuses_and_runs_the_rest(monkeypatch):
-    import cml.cluster.methods as cc
+    import cml.cluster.costs as cc
     monkeypatch.setitem(cc.COSTS, "elki-slink", cc.Cost(seconds=1e6, rows=40, exponent=2, copies=0))  # as if 100k
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(0, 0.1, (20, 4)) + 1, rng.normal(0, 0.1, (20, 4)) - 1])
@@ -381,7 +384,7 @@ def test_the_grid_skips_what_the_guard_refuses_and_runs_the_rest(monkeypatch):
 
 
 def test_cli_refuses_what_would_not_fit_in_memory_and_warns_what_is_slow(blobs, tmp_path, cli, monkeypatch, caplog):
-    import cml.cluster.methods as cc
+    import cml.cluster.costs as cc
     X, y = blobs
     path = write_feature_table(tmp_path / "emb.parquet", [f"t{i}" for i in range(len(X))], X,
                                labels=[f"g{v}" for v in y])

@@ -7,6 +7,9 @@ import dataclasses
 import json
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import yaml
 from cml.cli import COMMANDS, main
 from cml.params import build, load_params
 from cml.sections import sections
-from cml.train.loop import TrainConfig
+from cml.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cml"
@@ -159,3 +162,56 @@ def test_cml_params_prints_the_recipe_with_the_study_s_overrides(tmp_path, capsy
     params.write_text(text.replace("train: {epochs: 3}", "train: {epoch: 3}"))
     assert main(["params", "--params", str(params)]) == 2
     assert "unknown keys in 'train': ['epoch']" in capsys.readouterr().err
+
+
+def committed_results() -> list[str]:
+    """The metrics files and plot tables dvc.yaml keeps out of DVC's cache, so that git carries them."""
+    paths = []
+    for stage in map(body, stages().values()):
+        for entry in stage.get("metrics", []) + stage.get("plots", []) + stage.get("outs", []):
+            if isinstance(entry, dict):
+                (path, options), = entry.items()
+                if options.get("cache") is False:
+                    paths.append(path)
+    return paths
+
+
+def test_every_metrics_file_is_committed_not_cached():
+    """`dvc metrics diff` reads HEAD's metrics from git: a cached one would be missing on a fresh clone."""
+    metrics = [next(iter(m)) if isinstance(m, dict) else m for s in map(body, stages().values())
+               for m in s.get("metrics", [])]
+    assert metrics and set(metrics) <= set(committed_results())
+    for path in committed_results():
+        if "${" not in path:
+            assert not subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0, path
+
+
+def test_metrics_diff_works_on_a_fresh_clone(tmp_path):
+    """Clone, change one committed metric as a run would: `dvc metrics diff` shows HEAD's value beside it."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    path = clone / "outputs/evaluate/metrics.json"
+    assert path.is_file(), "HEAD holds no evaluate metrics: run make repro and commit them"
+    metrics = json.loads(path.read_text())
+    key, old = next((k, v) for k, v in _flatten(metrics).items() if isinstance(v, float))
+    _set(metrics, key, old + 1.0)
+    path.write_text(json.dumps(metrics))
+    dvc = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
+    proc = subprocess.run([dvc, "metrics", "diff", "--json"], cwd=clone, capture_output=True, text=True)
+    assert proc.returncode == 0 and "failed to load" not in proc.stderr.lower(), proc.stderr
+    diff = json.loads(proc.stdout)["outputs/evaluate/metrics.json"][key]
+    assert diff["old"] == pytest.approx(old) and diff["new"] == pytest.approx(old + 1.0)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d[p]
+    d[last] = value

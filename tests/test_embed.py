@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -9,8 +10,8 @@ import torch
 from cml.audio.mel import MelConfig, centre_offset, track_logmel
 from cml.cli import main
 from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
-from cml.embed.tracks import (Crops, centre_crop, embed_tracks, estimate_normalizer, load_model,
-                       parse_overrides)
+from cml.embed.library import load_model, parse_overrides
+from cml.embed.tracks import Crops, centre_crop, embed_tracks, estimate_normalizer
 from cml.errors import UsageError
 from cml.model.encoder import VARIANTS, EncoderConfig
 from cml.tables import read_feature_table
@@ -212,6 +213,22 @@ def test_cli_round_trip_from_folder(tmp_path, capsys):
     assert 0.0 <= metrics["knn_acc"] <= 1.0
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--only-split", "test"], "--only-split needs --tracks"),  # a scanned folder has no split to choose from
+    (["--out", "emb.txt"], "--out .*emb.txt: a feature table is written as .parquet or .csv"),
+    (["--set", "heads=0"], "untrained:none: heads must be at least 1, got 0"),
+    (["--set", "depth=0"], "untrained:none: depth must be at least 1, got 0"),
+])
+def test_cli_refuses_options_it_cannot_honour_before_reading_audio(tmp_path, capsys, monkeypatch, options, message):
+    tone(tmp_path / "audio" / "a.wav", 1.0, 440)
+    monkeypatch.chdir(tmp_path)
+    argv = ["embed", "untrained:none", str(tmp_path / "audio"), "--out", "emb.parquet", "--quiet", "--device", "cpu"]
+    assert _run([*argv, *options]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1, err
+    assert not list(tmp_path.glob("emb.*"))
+
+
 def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
     threads = torch.get_num_threads()
     cfg = EncoderConfig(variant="rope2d", **TINY)
@@ -248,7 +265,7 @@ def test_cli_with_track_table_checkpoint_and_crops(tmp_path, tracks):
 
 
 def test_untrained_baseline_takes_the_model_size_and_front_end_from_params(tmp_path):
-    from cml.embed.tracks import load_model, study_model
+    from cml.embed.library import load_model, study_model
 
     params = tmp_path / "params.yaml"
     params.write_text("model: {dim: 32, depth: 1, heads: 2}\nfrontend: {n_mels: 32}\ntrain: {epochs: 1}\n")
@@ -324,6 +341,6 @@ def test_windows_stop_the_drift_of_absolute_positions(lengths):
 
 def test_the_untrained_window_is_the_recipe_s():
     from cml.embed.tracks import DEFAULT_CROP_SECONDS
-    from cml.train.loop import TrainConfig
+    from cml.train.config import TrainConfig
 
     assert DEFAULT_CROP_SECONDS == TrainConfig().crop_seconds

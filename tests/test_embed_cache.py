@@ -189,7 +189,7 @@ def test_torchrun_ranks_write_parts_that_read_as_the_single_process_table(tmp_pa
 
 
 def test_ranks_take_contiguous_blocks_of_about_equal_audio():
-    from cml.embed.tracks import Shard
+    from cml.embed.library import Shard
 
     rng = np.random.default_rng(0)
     tracks = pd.DataFrame({"id": [f"t{i}" for i in range(200)], "duration": rng.lognormal(4, 1.2, 200)})

@@ -7,7 +7,7 @@ import pytest
 
 from cml import evaluation
 from cml.evaluation import evaluate_embeddings, kmeans_agreement, length_extrapolation, linear_probe_accuracy
-from cml.search.neighbours import leave_group_out_knn_accuracy
+from cml.search.neighbours import exact_leave_group_out_knn_accuracy
 from cml.tables import standardise, write_feature_table
 
 
@@ -163,25 +163,25 @@ def test_leave_group_out_knn_keeps_a_query_s_own_group_out_of_the_vote():
     y = np.repeat(rng.choice(["a", "b", "c"], pieces), 2)
     groups = np.repeat(np.arange(pieces), 2)
     everyone = np.ones(2 * pieces, bool)
-    assert leave_group_out_knn_accuracy(X, y, everyone, k=1) == 1.0
-    assert abs(leave_group_out_knn_accuracy(X, y, everyone, groups, k=5) - 1 / 3) < 0.12
+    assert exact_leave_group_out_knn_accuracy(X, y, everyone, k=1) == 1.0
+    assert abs(exact_leave_group_out_knn_accuracy(X, y, everyone, groups, k=5) - 1 / 3) < 0.12
 
 
 def test_leave_group_out_knn_scores_only_the_queries_and_blocks_agree():
     X, y, split = blobs()
     queries = split != "train"
-    assert leave_group_out_knn_accuracy(X, y, queries) == 1.0
+    assert exact_leave_group_out_knn_accuracy(X, y, queries) == 1.0
     one_per_class = np.zeros(len(y), bool)
     one_per_class[np.unique(y, return_index=True)[1]] = True
     y_bad = np.where(one_per_class, y, "zz")  # every neighbour of a query is "zz": only the queries are scored
-    assert leave_group_out_knn_accuracy(X, y_bad, one_per_class) == 0.0
-    assert leave_group_out_knn_accuracy(X, y_bad, ~one_per_class) == 1.0
+    assert exact_leave_group_out_knn_accuracy(X, y_bad, one_per_class) == 0.0
+    assert exact_leave_group_out_knn_accuracy(X, y_bad, ~one_per_class) == 1.0
     rng = np.random.default_rng(5)
     Xr, yr = rng.normal(size=(300, 8)), rng.choice(list("abcd"), 300)
     groups = rng.integers(0, 100, 300)
-    whole = leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups)
-    assert whole == leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups, block=7)
-    assert np.isnan(leave_group_out_knn_accuracy(Xr, yr, np.zeros(300, bool)))
+    whole = exact_leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups)
+    assert whole == exact_leave_group_out_knn_accuracy(Xr, yr, np.ones(300, bool), groups, block=7)
+    assert np.isnan(exact_leave_group_out_knn_accuracy(Xr, yr, np.zeros(300, bool)))
 
 
 def test_length_diagnostics_flag_a_space_organised_by_duration():

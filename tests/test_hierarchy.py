@@ -17,7 +17,8 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from cml.cluster import elki, hierarchy
-from cml.cluster.methods import cluster, register_cli
+from cml.cluster.cli import register_cli
+from cml.cluster.methods import cluster
 from cml.search.neighbours import l2_normalise
 from cml.tables import write_feature_table
 

@@ -85,8 +85,8 @@ def test_the_votes_are_neighbours_own_below_the_threshold_and_close_above(monkey
     X, y = clustered(3000)
     y = y.astype(str)
     groups, held = np.arange(3000) // 2, np.arange(3000) % 3 == 0
-    exact_loo = neighbours.leave_group_out_knn_accuracy(X, y, held, groups, k=5)
-    exact_knn = neighbours.knn_accuracy(X[~held], y[~held], X[held], y[held], k=5)
+    exact_loo = neighbours.exact_leave_group_out_knn_accuracy(X, y, held, groups, k=5)
+    exact_knn = neighbours.exact_knn_accuracy(X[~held], y[~held], X[held], y[held], k=5)
     with monkeypatch.context() as m:
         m.setattr(index_module, "EXACT_BELOW", 10_000)
         assert leave_group_out_knn_accuracy(X, y, held, groups, k=5) == exact_loo
@@ -102,7 +102,7 @@ def test_the_index_s_leave_group_out_vote_never_hears_the_group(small_threshold)
     groups, everyone = np.tile(np.arange(1500), 2), np.ones(3000, bool)
     accuracy = leave_group_out_knn_accuracy(X, y, everyone, groups, k=5)
     assert accuracy < 0.4  # chance is 0.2; hearing its twin would make it 1.0
-    assert accuracy == pytest.approx(neighbours.leave_group_out_knn_accuracy(X, y, everyone, groups, k=5), abs=0.03)
+    assert accuracy == pytest.approx(neighbours.exact_leave_group_out_knn_accuracy(X, y, everyone, groups, k=5), abs=0.03)
 
 
 @pytest.fixture

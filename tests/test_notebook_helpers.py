@@ -7,7 +7,7 @@ import pytest
 
 from cml.errors import UsageError
 from cml.evaluation import lead_program, majority_rate, style_timbre_probe
-from cml.search.neighbours import knn_accuracy
+from cml.search.neighbours import exact_knn_accuracy
 from cml.notebook import audio_excerpt, find_repo_root, listen, save_figure, write_metrics
 from cml.params import load_params
 
@@ -68,11 +68,11 @@ def test_knn_accuracy_separable_and_chance():
     y = np.array([0] * 20 + [1] * 20)
     idx = rng.permutation(40)
     train, test = idx[:30], idx[30:]
-    assert knn_accuracy(X[train], y[train], X[test], y[test], k=5) == 1.0
+    assert exact_knn_accuracy(X[train], y[train], X[test], y[test], k=5) == 1.0
     # labels unrelated to the features score near chance, not perfectly
     y_random = rng.integers(0, 2, 40)
-    assert knn_accuracy(X[train], y_random[train], X[test], y_random[test], k=5) < 1.0
-    assert math.isnan(knn_accuracy(X[:0], y[:0], X, y))
+    assert exact_knn_accuracy(X[train], y_random[train], X[test], y_random[test], k=5) < 1.0
+    assert math.isnan(exact_knn_accuracy(X[:0], y[:0], X, y))
 
 
 def test_style_timbre_probe_tells_which_one_the_space_encodes():

@@ -15,10 +15,10 @@ from scipy.spatial import Delaunay
 
 from cml.search import index as index_module
 from cml.search.index import Index
-from cml.playlist.hull import (PlaylistError, auto_seeds, build_playlist, cluster_baseline, compare_with_baselines,
-                          fit_projection, knn_baseline, nearest_neighbour_tour, outside_distance, path_length,
-                          playlist_frame, playlist_metrics, playlist_scores, prepare, register_cli, resolve_ids,
-                          two_opt, write_playlist)
+from cml.playlist.cli import register_cli
+from cml.playlist.files import playlist_frame, write_playlist
+from cml.playlist.hull import PlaylistError, auto_seeds, build_playlist, fit_projection, nearest_neighbour_tour, outside_distance, path_length, prepare, resolve_ids, two_opt
+from cml.playlist.scores import cluster_baseline, compare_with_baselines, knn_baseline, playlist_metrics, playlist_scores
 from cml.tables import read_feature_table, write_feature_table
 
 SQUARE = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])

@@ -12,7 +12,7 @@ import yaml
 
 from cml.model.checkpoint import PRETRAINED_CHECKPOINT, load_encoder
 from cml.cli import main
-from cml.embed.tracks import load_model
+from cml.embed.library import load_model
 from cml.errors import UsageError
 from cml.train.pretrain import pretrain, pretrain_config, pretrain_tracks, ship
 from cml.tables import read_feature_table

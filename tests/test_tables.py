@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cml.tables import FeatureTableError, read_feature_table, write_feature_table
+from cml.tables import FeatureTableError, check_directions, read_feature_table, write_feature_table
 
 
 @pytest.fixture
@@ -103,3 +103,16 @@ def test_a_folder_of_parts_reads_as_one_table_and_refuses_a_mixed_or_incomplete_
     with pytest.raises(FeatureTableError, match="not one complete set of parts"):
         read_feature_table(whole)
     assert part_path(whole, 0, 1) == whole
+
+
+@pytest.mark.parametrize("rows, zero", [
+    ([["a", 1.0, 2.0], ["a", 3.0, 4.0]], False),  # a repeated id
+    ([["a", 1.0, 2.0], ["b", np.nan, 4.0]], False),  # NaN features
+    ([["a", 1.0, 2.0], ["b", 0.0, 0.0]], True),  # no direction to L2-normalise
+])
+def test_invalid_rows_name_the_option_a_user_types(tmp_path, rows, zero):
+    """The commands' option is --drop-invalid; the message names it (and the Python argument beside it)."""
+    path = tmp_path / "t.csv"
+    pd.DataFrame(rows, columns=["id", "f0", "f1"]).to_csv(path, index=False)
+    with pytest.raises(FeatureTableError, match=r"--drop-invalid, or drop_invalid=True,"):
+        check_directions(read_feature_table(path), path) if zero else read_feature_table(path)

@@ -12,8 +12,11 @@ from cml.audio.mel import MelConfig
 from cml.train.augment import Augment, AugmentConfig
 from cml.model.checkpoint import Normalizer, load_encoder, read_checkpoint, untrained_encoder
 from cml.errors import UsageError
-from cml.train.loop import (PairDataset, config_from_params, TrackCrops, TrainConfig, _best_epoch, _groups, _patience_over,
-                       choose_recipe, epoch_batches, pair_dataset, register_cli, steps_per_epoch, train)
+from cml.train.config import config_from_params, TrainConfig
+from cml.train.data import PairDataset, TrackCrops, _groups, choose_recipe, epoch_batches, pair_dataset, steps_per_epoch
+from cml.train.loop import train
+from cml.train.validate import best_epoch, patience_over
+from cml.train.cli import register_cli
 
 SR = 16000
 TINY = dict(model=dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16), crop_seconds=0.64, batch_size=4,
@@ -211,14 +214,14 @@ def test_fine_tuning_starts_from_the_checkpoint_weights_and_standardisation(trac
 def test_best_epoch_is_the_lowest_val_loss_or_the_last_without_val():
     nan = float("nan")
     history = [{"epoch": e, "val/ntxent": v, "val/knn_acc": k} for e, v, k in [(1, 3.5, 0.6), (2, 3.1, 0.3), (3, 3.2, 0.5)]]
-    assert _best_epoch(history)["epoch"] == 2  # the loss decides, not the noisy k-NN accuracy
-    assert _best_epoch([{**h, "val/ntxent": nan, "val/knn_acc": nan} for h in history])["epoch"] == 3
+    assert best_epoch(history)["epoch"] == 2  # the loss decides, not the noisy k-NN accuracy
+    assert best_epoch([{**h, "val/ntxent": nan, "val/knn_acc": nan} for h in history])["epoch"] == 3
 
 
 def test_patience_stops_a_run_that_no_longer_improves_and_keeps_its_best_epoch(tracks, tmp_path):
     history = [{"epoch": e, "val/ntxent": v} for e, v in [(1, 3.5), (2, 3.1), (3, 3.2), (4, 3.3)]]
-    assert not _patience_over(history[:3], 2) and _patience_over(history, 2) and not _patience_over(history, 0)
-    assert not _patience_over([{**h, "val/ntxent": float("nan")} for h in history], 1)  # no val split: no stop
+    assert not patience_over(history[:3], 2) and patience_over(history, 2) and not patience_over(history, 0)
+    assert not patience_over([{**h, "val/ntxent": float("nan")} for h in history], 1)  # no val split: no stop
     cfg = {**TINY, "epochs": 6, "lr": 0.0, "patience": 1}  # lr 0: the val loss never improves after epoch 1
     result = train(cfg, tracks, tmp_path / "run", progress=False)
     assert [h["epoch"] for h in result["history"]] == [1, 2]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cml.cluster.methods import ClusterTestingConfig, load_tables, run_grid
+from cml.cluster.grid import ClusterTestingConfig, load_tables, run_grid
 from cml.evaluation import score_space, track_rows
 from cml.tables import read_feature_table, read_tracks
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cml.evaluation import kmeans_agreement
-from cml.search.neighbours import leave_group_out_knn_accuracy
+from cml.search.neighbours import exact_leave_group_out_knn_accuracy
 from cml.tables import read_feature_table, read_tracks, standardise
 
 
@@ -28,7 +28,7 @@ def score(table_path: str, tracks: pd.DataFrame, zscore: bool, seeds: list[int],
     X = np.asarray(table.X[rows], dtype=np.float64)
     X = standardise(X)[0] if zscore else X
     y = tracks.loc[ids, "label"].astype(str).to_numpy()
-    loo = leave_group_out_knn_accuracy(X, y, np.ones(len(y), bool), np.asarray(ids, dtype=object), k=5)
+    loo = exact_leave_group_out_knn_accuracy(X, y, np.ones(len(y), bool), np.asarray(ids, dtype=object), k=5)
     return [{"table": table_path, "seed": s, "tracks": len(y), "labels": len(set(y)), "loo_5nn": loo,
              **kmeans_agreement(X, y, seed=s)} for s in seeds]
 

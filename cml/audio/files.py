@@ -6,10 +6,31 @@ must start without torch): one copy of the block reader both decode with.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
+
+
+def check_audio_path(path: str | os.PathLike) -> None:
+    """Raise an OSError that names the problem when `path` is no readable file: libsndfile calls a missing
+    file, a folder and a permission problem alike "System error"."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"a folder, not an audio file: {path}")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"not readable (permission denied): {path}")
+
+
+def open_audio(path: str | os.PathLike) -> sf.SoundFile:
+    """`sf.SoundFile(path)` for reading; a path that is no readable file raises `check_audio_path`'s OSError."""
+    try:
+        return sf.SoundFile(path)
+    except sf.LibsndfileError:
+        check_audio_path(path)  # checked after the failure: the common case costs nothing
+        raise
 
 
 def read_frames(f: sf.SoundFile, frames: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import soxr
 import torch
 import torchaudio
 
-from cml.audio.files import iter_frames, read_frames
+from cml.audio.files import check_audio_path, iter_frames, open_audio, read_frames
 
 # An MP3 seek lands with an empty bit reservoir, so the first frames after it decode as silence or
 # garbage. Decoding this many MPEG frames (1152 samples each) before the target makes a seek exact
@@ -76,7 +76,11 @@ DECODE_ERRORS = (OSError, RuntimeError, MemoryError)
 
 def audio_info(path: str | os.PathLike) -> sf._SoundFileInfo:
     """The header of an audio file (format, rate, frames); raises one of DECODE_ERRORS when unusable."""
-    return sf.info(str(path))
+    try:
+        return sf.info(str(path))
+    except sf.LibsndfileError:
+        check_audio_path(path)  # "no such file: PATH", not libsndfile's "System error"
+        raise
 
 
 def load_audio(
@@ -91,7 +95,7 @@ def load_audio(
     first. A cropped read is resampled on its own, so its edges can differ slightly from the same
     span of a resampled full read; use `iter_blocks` where exact agreement matters.
     """
-    with sf.SoundFile(path) as f:
+    with open_audio(path) as f:
         start = min(max(0, round(offset * f.samplerate)), f.frames)
         frames = f.frames - start if duration is None else round(duration * f.samplerate)
         preroll = _seek(f, start)
@@ -110,7 +114,7 @@ def iter_blocks(path: str | os.PathLike, block_seconds: float, sample_rate: int)
     """
     if block_seconds <= 0:
         raise ValueError(f"block_seconds must be positive, got {block_seconds}")
-    with sf.SoundFile(path) as f:
+    with open_audio(path) as f:
         orig = f.samplerate
         stream = None if orig == sample_rate else soxr.ResampleStream(orig, sample_rate, 1, dtype="float32",
                                                                        quality=RESAMPLE_QUALITY)

@@ -19,7 +19,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from cml.audio.files import iter_frames
+from cml.audio.files import iter_frames, open_audio
 from cml.errors import UsageError, check_output, finite, one_line, positive
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,14 @@ _BLOCK_FRAMES = 1 << 16  # frames per read while scanning: bounded memory for an
 # mpg123's idea of the length can be off by an MPEG frame or two (encoder delay and padding), so
 # only a larger shortfall counts as truncation.
 _MP3_LENGTH_SLACK = 2 * 1152
-# Valid Ogg Vorbis/Opus files often decode a few milliseconds short of the length their header
-# promises (the last page's granule position counts samples that end trimming removes); real
-# truncation loses whole pages (seconds), so a shortfall up to this is accepted.
+# Valid Ogg Vorbis/Opus files often decode short of the length their header promises: a few ms (the
+# last page's granule position counts samples that end trimming removes), or a few packets (a real
+# release that every player plays in full decodes 5,806 frames, 0.13 s, short). Real truncation (a
+# download or copy cut off) loses much more, so a shortfall up to 0.1 s plus 1 % of the header's
+# length is accepted (and noted in the log): the absolute part covers short files, the relative part
+# long ones, and what 1 % of a track could lose does not change what the track sounds like.
 _OGG_LENGTH_SLACK_SECONDS = 0.1
+_OGG_LENGTH_SLACK_FRACTION = 0.01
 # libsndfile's messages when it cannot tell the data apart from any format it knows (for an .mp3 it
 # says "does not exist" even for a regular file); the scan reports such a file as "not audio".
 _NOT_AUDIO_ERRORS = ("not recognised", "does not exist", "unknown format", "unsupported format")
@@ -76,14 +80,14 @@ def _walk(root: Path, skip: list[dict]) -> list[Path]:
     return files
 
 
-def length_slack(fmt: str, sample_rate: int) -> int:
+def length_slack(fmt: str, sample_rate: int, frames: int = 0) -> int:
     """Frames a complete file of this format ("OGG", "MP3", or "OGG/VORBIS" as in the `format` column) may
-    decode short of its header's count."""
+    decode short of the `frames` its header counts."""
     container = fmt.split("/")[0]
     if container == "MP3":
         return _MP3_LENGTH_SLACK
     if container == "OGG":
-        return round(_OGG_LENGTH_SLACK_SECONDS * sample_rate)
+        return round(_OGG_LENGTH_SLACK_SECONDS * sample_rate + _OGG_LENGTH_SLACK_FRACTION * frames)
     return 0
 
 
@@ -93,7 +97,7 @@ def _probe(path: Path, min_duration: float, silence_db: float, decode: bool = Tr
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
         return f"not an audio file (extension {path.suffix or 'none'!r})"
     if not path.exists():
-        return "broken symlink"
+        return "broken symlink" if path.is_symlink() else "no such file (gone since the folder was listed)"
     if path.stat().st_size == 0:
         return "empty file (0 bytes)"
     if not os.access(path, os.R_OK):
@@ -101,7 +105,7 @@ def _probe(path: Path, min_duration: float, silence_db: float, decode: bool = Tr
     if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
         return "file name holds a control character (newline, tab, ...): rename the file"
     try:
-        with sf.SoundFile(path) as f:
+        with open_audio(path) as f:
             if f.frames == 0:
                 return "no audio frames"
             if f.frames < min_duration * f.samplerate:
@@ -120,10 +124,11 @@ def _probe(path: Path, min_duration: float, silence_db: float, decode: bool = Tr
                     peak = max(peak, block_peak)
             except sf.LibsndfileError as err:
                 return f"corrupt or truncated: {err.error_string.strip()} after {decoded} of {f.frames} frames"
-            if decoded < f.frames - length_slack(f.format, f.samplerate):
+            if decoded < f.frames - length_slack(f.format, f.samplerate, f.frames):
                 return f"truncated: decoded {decoded} of {f.frames} frames"
             if decoded < f.frames:
-                log.debug("%s: decoded %d of the %d frames in its header (within tolerance)", path, decoded, f.frames)
+                log.info("kept %s: decoded %d of the %d frames in its header (%.2f s short, within the %s tolerance)",
+                         path, decoded, f.frames, (f.frames - decoded) / f.samplerate, f.format)
     except sf.LibsndfileError as err:
         message = err.error_string.strip()
         if any(m in message.lower() for m in _NOT_AUDIO_ERRORS):

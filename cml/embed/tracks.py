@@ -31,32 +31,29 @@ the same kind of constants a checkpoint stores.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
 import os
-import sys
-import typing
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from cml.audio.mel import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
-from cml.model.checkpoint import (
-    Normalizer, checkpoint_path, load_encoder, process_device, read_checkpoint, untrained_encoder,
+from cml.data.scan import length_slack
+from cml.embed.cache import EmbeddingCache
+from cml.errors import (
+    one_line,
 )
-from cml.model.encoder import Encoder, EncoderConfig, chunk_windows
-from cml.model.musicnn import MUSICNN_MEL, PATCH_FRAMES, Musicnn, MusicnnConfig, load_musicnn, weights_sha256
-from cml.embed.cache import EmbeddingCache, default_folder, model_key
-from cml.errors import CmlError, UsageError, check_input_file, check_output, non_negative_int, one_line, positive
-from cml.data.scan import length_slack, scan_audio
-from cml.tables import part_path, read_tracks, write_feature_table
+from cml.model.checkpoint import (
+    Normalizer,
+)
+from cml.model.encoder import Encoder, chunk_windows
+from cml.tables import write_feature_table
 
 log = logging.getLogger(__name__)
 
@@ -232,33 +229,58 @@ def embed_tracks(
     with _eval_mode(encoder) as device:
         for j, x in logmels:
             i = todo[j]
-            unusable = x if isinstance(x, str) else _unusable(tracks.iloc[i], x, mel_config)  # str: not decoded
-            if unusable:
-                _skip(skipped, tracks.iloc[i], unusable)
+            x = _track_input(tracks.iloc[i], x, mel_config, normalizer, device, skipped)
+            if x is not None and to_crop[i]:
+                x = _add_crops(cropped, i, tracks.iloc[i], x, encoder, lengths, mel_config, skipped)
+            if x is None:
                 found.pop(i, None)
                 continue
-            try:
-                x = normalizer(x)[None].to(device)  # (1, M, T)
-                if to_crop[i]:
-                    cropped[i] = _embed_crops(encoder, x, lengths), mel_config.seconds(x.shape[-1])
-            except TRACK_ERRORS as err:
-                _skip(skipped, tracks.iloc[i], f"{type(err).__name__}: {err}")
-                found.pop(i, None)
-                continue
-            if i in cropped and not _finite(skipped, tracks.iloc[i], cropped[i][0].values(), "crops: "):
-                del cropped[i]
             if i not in found:
                 batch.add(i, x[..., :max_frames])
             if batch.full(device):
                 found.update(batch.embed(encoder, window, mel_config, tracks, skipped, cache, paths))
         found.update(batch.embed(encoder, window, mel_config, tracks, skipped, cache, paths))
+    return _embedded(tracks, found, cropped if crops else None, lengths, skipped, encoder)
+
+
+def _track_input(row, x: torch.Tensor | str, mel_config: MelConfig, normalizer: Normalizer, device: torch.device,
+                 skipped: list[dict]) -> Optional[torch.Tensor]:
+    """The standardised (1, M, T) input of one decoded track; None, and the row skipped, when there is none
+    (a str `x` is why it could not be decoded)."""
+    unusable = x if isinstance(x, str) else _unusable(row, x, mel_config)
+    if unusable:
+        _skip(skipped, row, unusable)
+        return None
+    try:
+        return normalizer(x)[None].to(device)
+    except TRACK_ERRORS as err:
+        _skip(skipped, row, f"{type(err).__name__}: {err}")
+        return None
+
+
+def _add_crops(cropped: dict, i: int, row, x: torch.Tensor, encoder: Encoder, lengths: dict[str, Optional[int]],
+               mel_config: MelConfig, skipped: list[dict]) -> Optional[torch.Tensor]:
+    """Embed the crops of track `i` into `cropped`; an error skips the track (None), a non-finite crop only
+    its crops."""
+    try:
+        vectors = _embed_crops(encoder, x, lengths)
+    except TRACK_ERRORS as err:
+        _skip(skipped, row, f"{type(err).__name__}: {err}")
+        return None
+    if _finite(skipped, row, vectors.values(), "crops: "):
+        cropped[i] = vectors, mel_config.seconds(x.shape[-1])
+    return x
+
+
+def _embedded(tracks: pd.DataFrame, found: dict, cropped: Optional[dict], lengths: dict, skipped: list[dict],
+              encoder: Encoder) -> Embedded:
+    """The result in row order: the tracks embedded, the skipped ones, and (cropped) the crops' tables."""
     kept = sorted(found)
-    crop_rows = [i for i in kept if i in cropped]
-    skipped_frame = _finish("embed", len(kept), skipped)
     res = Embedded(_track_rows(tracks, kept, [found[i][1] for i in kept]), _stack([found[i][0] for i in kept], encoder),
-                   skipped_frame)
-    if crops is None:
+                   _finish("embed", len(kept), skipped))
+    if cropped is None:
         return res
+    crop_rows = [i for i in kept if i in cropped]
     crop_X = {name: _stack([cropped[i][0][name] for i in crop_rows], encoder) for name in lengths}
     return res._replace(crops=CropEmbedded(_track_rows(tracks, crop_rows, [cropped[i][1] for i in crop_rows]), crop_X))
 
@@ -381,255 +403,3 @@ def _readable_logmels(paths: Sequence[str], mel_config: MelConfig, max_frames: i
         yield x
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, object]:
-    """`["dim=64", "pool=cls"]` -> {"dim": 64, "pool": "cls"}, typed after the EncoderConfig fields."""
-    fields = {f.name: f for f in dataclasses.fields(EncoderConfig)}
-    hints = typing.get_type_hints(EncoderConfig)
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise ValueError(f"--set expects KEY=VALUE with KEY one of {sorted(fields)}, got {item!r}")
-        kind = hints[key]
-        if value.lower() in ("none", "null") and kind not in (int, float, str):
-            out[key] = None
-        else:
-            out[key] = (int(value) if kind is int else float(value) if kind is float
-                        else str(value) if kind in (str, Optional[str]) else value)
-    return out
-
-
-def load_model(spec: str, seed: int = 0, overrides: Optional[dict] = None, device: str | torch.device = "cpu",
-               frontend: MelConfig = MelConfig()) -> tuple[Encoder, MelConfig, Optional[Normalizer]]:
-    """A checkpoint path, `pretrained` (the shipped encoder, `cml.train.pretrain`), `untrained:VARIANT` (random init
-    from `seed`, EncoderConfig + `overrides`) or `musicnn[:MODEL[:LAYER]]` (the pretrained tagger, its own front
-    end; it standardises its input itself).
-
-    The untrained model comes with the `frontend` log-mel (the encoder takes its n_mels) and no Normalizer:
-    measure one with `estimate_normalizer`. A checkpoint's architecture and front end are never overridden.
-    """
-    if spec == MUSICNN or spec.startswith(MUSICNN + ":"):
-        if overrides:
-            raise ValueError("--set only applies to untrained:VARIANT; musicnn brings its own architecture")
-        return load_musicnn(spec[len(MUSICNN) + 1:], device), MUSICNN_MEL, Normalizer()
-    if spec.startswith(UNTRAINED):
-        cfg = EncoderConfig(**{"n_mels": frontend.n_mels, **(overrides or {}), "variant": spec[len(UNTRAINED):]})
-        return untrained_encoder(cfg, seed).to(device), frontend, None
-    if overrides:
-        raise ValueError("--set only applies to untrained:VARIANT; a checkpoint brings its own architecture")
-    return load_encoder(checkpoint_path(spec), map_location=device)
-
-
-def study_model(params_file: Optional[str]) -> tuple[dict, MelConfig]:
-    """The `model` overrides and the `frontend` of a params file: an untrained baseline must match the trained
-    encoders' size and input."""
-    if not params_file:
-        return {}, MelConfig()
-    from cml.params import load_config, load_params
-
-    return dict(load_params(params_file, "model")), load_config(params_file, "frontend", MelConfig)
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _read_tracks(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(tracks, files skipped while scanning) from --tracks or AUDIO_DIR."""
-    if args.tracks:
-        tracks = read_tracks(check_input_file(args.tracks, "tracks table"))
-        if args.only_split:
-            tracks = tracks[_split_rows(tracks, args.only_split, "--only-split", args.tracks)].reset_index(drop=True)
-        return tracks, pd.DataFrame(columns=SKIP_COLUMNS)
-    if not Path(args.audio_dir).is_dir():
-        raise UsageError(f"audio folder not found: {args.audio_dir}")
-    scan = scan_audio(args.audio_dir, progress=not args.quiet, decode=False)  # each file is decoded once, below
-    skipped = scan.skipped.assign(id=None)[SKIP_COLUMNS]
-    return scan.tracks, skipped
-
-
-class Shard(NamedTuple):
-    """This process's share of a `torchrun` job (RANK of WORLD_SIZE): a contiguous block of the rows, written
-    as part files of each output (`cml.tables.part_path`), which every reader takes as one table."""
-
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def from_env(cls) -> "Shard":
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
-
-    def rows(self, tracks: pd.DataFrame) -> pd.DataFrame:
-        """A contiguous block holding about 1/world of the audio (of the rows, without a duration column):
-        the ranks finish together, and their parts in rank order are the table in its order."""
-        if self.world == 1:
-            return tracks
-        weight = pd.to_numeric(tracks["duration"], errors="coerce").fillna(0).to_numpy() if "duration" in tracks \
-            else np.ones(len(tracks))
-        middles = np.cumsum(weight) - weight / 2  # each row goes to the rank its middle falls in
-        rank = (middles * self.world // weight.sum()).astype(int) if weight.sum() > 0 else np.zeros(len(tracks), int)
-        return tracks[np.minimum(rank, self.world - 1) == self.rank].reset_index(drop=True)
-
-
-def _outputs(args: argparse.Namespace, shard: Shard) -> dict[str, Path]:
-    """Every file the command will write (name -> this process's path), checked before any audio is read."""
-    out = Path(args.out)
-    names = [*(f"{m}x" for m in CROP_MULTIPLES), "full"] if args.crops is not None else []
-    files = {"tracks": out, **{n: out.with_name(f"{out.stem}.{n}{out.suffix}") for n in names}}
-    if args.skipped:
-        files["skipped"] = Path(args.skipped)
-    return {name: check_output(part_path(f, *shard)) for name, f in files.items()}
-
-
-def study_musicnn(params_file: Optional[str]) -> str:
-    """`musicnn:MODEL:LAYER` of a params file's `musicnn` section (the defaults without one)."""
-    from cml.params import load_config, load_params
-
-    has = params_file and "musicnn" in load_params(params_file)
-    cfg = load_config(params_file, "musicnn", MusicnnConfig) if has else MusicnnConfig()
-    return f"{MUSICNN}:{cfg.model}:{cfg.layer}"
-
-
-def _model(args: argparse.Namespace, device: torch.device) -> tuple[Encoder, MelConfig, Optional[Normalizer], Optional[float]]:
-    """The encoder, its front end and standardisation (None: untrained) and training crop (None: untrained)."""
-    untrained = args.model.startswith(UNTRAINED)
-    model, frontend = study_model(args.params) if untrained else ({}, MelConfig())
-    spec = study_musicnn(args.params) if args.model == MUSICNN else args.model
-    try:
-        overrides = {**model, **parse_overrides(args.set)} if untrained else parse_overrides(args.set)
-        encoder, mel_config, normalizer = load_model(spec, args.seed, overrides, device, frontend)
-    except (TypeError, ValueError) as err:
-        if isinstance(err, CmlError):
-            raise
-        raise UsageError(f"{args.model}: {one_line(err)}") from err
-    trained = not untrained and not isinstance(encoder, Musicnn)
-    training_crop = read_checkpoint(checkpoint_path(args.model))["train_config"].get("crop_seconds") if trained else None
-    return encoder, mel_config, normalizer, training_crop
-
-
-def _window_seconds(args: argparse.Namespace, encoder: Encoder | Musicnn, training_crop: Optional[float]) -> float:
-    """--window-seconds, else 8 training crops of an encoder, or musicnn's training patch (VGG takes nothing else)."""
-    if not isinstance(encoder, Musicnn):
-        return args.window_seconds or WINDOW_CROPS * float(training_crop or DEFAULT_CROP_SECONDS)
-    if encoder.cfg.arch == "vgg" and (args.window_seconds or args.mode == "full"):
-        raise UsageError(f"{args.model}: the VGG taggers take {PATCH_FRAMES}-frame patches only "
-                         "(no --window-seconds, no --mode full)")
-    return args.window_seconds or MUSICNN_MEL.seconds(PATCH_FRAMES)
-
-
-def _cache_key(args: argparse.Namespace, encoder: Encoder, mel_config: MelConfig, normalizer: Normalizer,
-               window_seconds: float) -> str:
-    """The embedding cache's key of this model and these settings."""
-    weights = {"weights": weights_sha256(encoder.cfg.model)} if isinstance(encoder, Musicnn) else {}
-    settings = {"encoder": dataclasses.asdict(encoder.cfg), **weights, "frontend": dataclasses.asdict(mel_config),
-                "norm": normalizer.to_dict(), "mode": args.mode, "max_seconds": args.max_seconds,
-                "window_seconds": window_seconds if args.mode == "chunked" else None, "seed": args.seed}
-    return model_key(str(checkpoint_path(args.model)), settings)  # a checkpoint file is keyed by its bytes
-
-
-def _cmd_embed(args: argparse.Namespace) -> int:
-    if bool(args.audio_dir) == bool(args.tracks):
-        raise UsageError("give either AUDIO_DIR or --tracks FILE (not both)")
-    shard = Shard.from_env()
-    device = process_device(args.device, int(os.environ.get("LOCAL_RANK", 0)))
-    files = _outputs(args, shard)
-    encoder, mel_config, normalizer, training_crop = _model(args, device)
-    if args.crops == TRAINING_CROP:
-        if training_crop is None:
-            raise UsageError(f"--crops needs CROP_SECONDS with {args.model} (it has no training crop)")
-        args.crops = float(training_crop)
-    window_seconds = _window_seconds(args, encoder, training_crop)
-    tracks, scan_skipped = _read_tracks(args)
-    _split_rows(tracks, args.crop_split, "--crop-split", args.tracks)  # checked on the whole table: a shard may hold none
-    with contextlib.nullcontext() if args.no_cache else EmbeddingCache(args.cache or default_folder()) as cache:
-        if normalizer is None:  # from all the tracks, so every rank standardises alike
-            pool = tracks[tracks["split"] == "train"] if "split" in tracks.columns else tracks
-            normalizer = estimate_normalizer((pool if len(pool) else tracks)["path"], mel_config, seed=args.seed,
-                                             cache=cache)
-            log.info("untrained model: inputs standardised with mean %.3f, std %.3f", normalizer.mean, normalizer.std)
-        if cache is not None:
-            cache.key = _cache_key(args, encoder, mel_config, normalizer, window_seconds)
-        tracks = shard.rows(tracks)
-        crop_rows = None if args.crop_split is None else (tracks["split"] == args.crop_split).to_numpy()
-        crops = Crops(args.crops, rows=crop_rows) if args.crops else None
-        with _threads_beside(args.workers):
-            res = embed_tracks(encoder, mel_config, normalizer, tracks, args.mode, window_seconds, args.max_seconds,
-                               not args.quiet and shard.rank == 0, cache, crops, args.workers)
-    res.write(files["tracks"])
-    if res.crops is not None:
-        for name, X in res.crops.X.items():
-            Embedded(res.crops.tracks, X, res.skipped).write(files[name])
-    if cache is not None:
-        log.info("embedding cache %s: %d vectors reused, %d files not in it", cache.folder, cache.hits, cache.misses)
-    _report(args, files, tracks, res, scan_skipped if shard.rank == 0 else scan_skipped.iloc[:0])
-    return 0
-
-
-def _threads_beside(workers: int) -> contextlib.AbstractContextManager:
-    """While `workers` decoding processes (one thread each) take their cores, torch's OpenMP pool (the encoder)
-    and numpy's BLAS (whose idle threads spin, and which the workers inherit) run on the cores left, at least
-    one; both are restored after."""
-    return threadpool_limits(max(1, CORES - workers)) if workers else contextlib.nullcontext()
-
-
-def _split_rows(tracks: pd.DataFrame, split: Optional[str], option: str, source: Optional[str]) -> Optional[np.ndarray]:
-    """Rows of `split` (None: every row); a UsageError naming the `option` when the table has no such split."""
-    if split is None:
-        return None
-    splits = sorted(tracks["split"].dropna().unique()) if "split" in tracks.columns else []
-    if split not in splits:
-        raise UsageError(f"{option} {split!r} is not a split of {source or 'the scanned folder'} "
-                         f"(splits there: {', '.join(splits) or 'none, no split column'})")
-    return (tracks["split"] == split).to_numpy()
-
-
-def _report(args: argparse.Namespace, files: dict[str, Path], tracks: pd.DataFrame, res, scan_skipped: pd.DataFrame) -> None:
-    """The skip report and the one-line summary; an error when no track at all could be embedded."""
-    skipped = pd.concat([scan_skipped, res.skipped], ignore_index=True) if len(scan_skipped) else res.skipped
-    if "skipped" in files:
-        skipped.to_csv(files["skipped"], index=False)
-    written = ", ".join(str(f) for name, f in files.items() if name != "skipped")
-    print(f"{len(res.tracks)} tracks embedded ({res.tracks['seconds'].sum() / 3600:.2f} h) -> {written}; "
-          f"{len(skipped)} skipped" + (f" (see {files['skipped']})" if "skipped" in files else ""))
-    for r in skipped.head(10).itertuples():
-        print(f"  skipped {r.path}: {r.reason}", file=sys.stderr)
-    if len(tracks) and not len(res.tracks):
-        raise CmlError(f"none of the {len(tracks)} tracks could be embedded; reasons above"
-                       + (f" and in {files['skipped']}" if "skipped" in files else ""))
-
-
-def register_cli(subparsers) -> None:
-    """Add `cml embed MODEL (AUDIO_DIR | --tracks tracks.csv) --out FILE`."""
-    p = subparsers.add_parser("embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="pretrained (the encoder shipped with cml: no training), a checkpoint path, "
-                                 "untrained:VARIANT for the random-init baseline, or musicnn[:MODEL[:LAYER]] for "
-                                 "the pretrained tagger (e.g. musicnn:MTT_vgg:pool5)")
-    p.add_argument("audio_dir", nargs="?", help="folder of audio, recursive; label = first sub-folder")
-    p.add_argument("--tracks", help="track table (CSV with id, path, [label, split]) instead of AUDIO_DIR")
-    p.add_argument("--out", required=True, help="feature table to write (.parquet; .csv also works)")
-    p.add_argument("--skipped", help="CSV of skipped files/tracks (id, path, reason)")
-    p.add_argument("--mode", choices=MODES, default="chunked",
-                   help="chunked: the mean of overlapping windows (a track within one window: one pass); full: one pass")
-    p.add_argument("--window-seconds", type=positive, help=f"window of --mode chunked (default {WINDOW_CROPS}x the "
-                                                          f"training crop; {WINDOW_CROPS * DEFAULT_CROP_SECONDS:g} s untrained)")
-    p.add_argument("--max-seconds", type=positive, help="embed at most the first S seconds of each track")
-    p.add_argument("--crops", type=positive, nargs="?", const=TRAINING_CROP, metavar="CROP_SECONDS",
-                   help="length extrapolation: also write OUT.{1x,2x,...,64x,full}.parquet from centred crops "
-                        "of 1, 2, 4, ..., 64 x CROP_SECONDS (default: the checkpoint's training crop) and the full "
-                        "track, from the same decoded audio")
-    p.add_argument("--crop-split", metavar="SPLIT", help="with --crops: crop only the tracks of this split (e.g. test)")
-    p.add_argument("--only-split", help="with --tracks: embed only the tracks of this split (e.g. test)")
-    p.add_argument("--workers", type=non_negative_int, default=DEFAULT_WORKERS,
-                   help=f"processes that decode audio while the encoder runs, on the cores the encoder leaves "
-                        f"(0: none; default {DEFAULT_WORKERS}, the CPU cores up to 8)")
-    p.add_argument("--seed", type=int, default=0, help="weights of untrained:VARIANT (and its norm sample)")
-    p.add_argument("--params", help="untrained:VARIANT: take the model size and the front end from this file's "
-                                   "model and frontend sections; musicnn: the model and layer from its musicnn section")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="untrained:VARIANT: override an EncoderConfig field (repeatable), e.g. --set dim=64")
-    p.add_argument("--cache", metavar="DIR", help="embedding cache: unchanged files are not decoded again "
-                                                  "(default $CML_EMBED_CACHE or ~/.cache/cml/embeddings)")
-    p.add_argument("--no-cache", action="store_true", help="embed every file, read and write no cache")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_embed)

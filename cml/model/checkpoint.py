@@ -81,28 +81,6 @@ class Normalizer:
         return cls(float(x.mean()), std if std > 0 else 1.0)
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` (cuda when available), `cpu`, `cuda`, `cuda:N`, `mps`: a UsageError when it is not here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UsageError(f"device {name!r}: no such CUDA device here ({torch.cuda.device_count()} found); "
-                         "use cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device {name!r}: MPS is not available here; use cpu")
-    return device
-
-
-def process_device(name: str, local_rank: int = 0) -> torch.device:
-    """`resolve_device` with one GPU per process: cuda without an index is cuda:local_rank (torchrun's LOCAL_RANK)."""
-    device = resolve_device(name)
-    return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
-
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare module inside DistributedDataParallel (or torch.compile), so keys carry no prefix."""
     model = getattr(model, "module", model)

@@ -32,7 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cml.model.positional import AlibiBias, RotaryEmbedding, SinCosEmbedding, apply_rotary
+from cml.model.positional import (
+    AlibiBias,
+    RotaryEmbedding,
+    SinCosEmbedding,
+    apply_rotary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,10 @@ VARIANTS: dict[str, tuple[str, str]] = {
 FREE_TOKENS = ("none", "sincos")  # variants whose tokenizer `EncoderConfig.tokens` may override
 
 BiasRows = Callable[[int, int], Tensor]  # (start, end) -> (H, end - start, N): rows of the attention bias
+
+
+POSITIVE_FIELDS = ("n_mels", "frames_per_token", "patch_freq", "patch_time", "dim", "depth", "heads", "mlp_ratio",
+                   "embed_dim", "proj_dim", "attn_block")  # sizes and counts: 0 would divide by zero or build nothing
 
 
 @dataclass
@@ -83,6 +92,9 @@ class EncoderConfig:
                              f"got tokens={self.tokens!r}")
         if self.pool not in ("mean", "meanstd", "cls"):
             raise ValueError(f"pool must be 'mean', 'meanstd' or 'cls', got {self.pool!r}")
+        for name in POSITIVE_FIELDS:
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.token_kind == "2d" and self.n_mels % self.patch_freq:

@@ -1,1 +1,2 @@
 """Playlists from convex hulls of seed tracks, their files, and the library map to make them on."""
+

@@ -44,31 +44,23 @@ than ``length`` remain, farthest-point sampling from the seeds picks a spread of
 nearest-neighbour path from the start track, improved by 2-opt moves (segment reversals that shorten the
 path), with the start and optionally the end fixed.
 """
-
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from scipy import sparse
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, QhullError
-from scipy.spatial.distance import cdist, pdist
+from scipy.spatial.distance import cdist
 from tqdm.auto import tqdm
 
-from cml.cluster.methods import add_table_arguments, check_at_most, cluster, n_labels, read_cli_table
-from cml.errors import CmlError, UsageError, check_output, count, non_negative, non_negative_int
+from cml.errors import CmlError, UsageError
 from cml.search.index import Index
 from cml.search.neighbours import l2_normalise
-from cml.tables import FeatureTable, standardise
+from cml.tables import standardise
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +69,6 @@ SCALES = ("l2", "standard", "none")
 RANK_TOL = 1e-8  # singular values below this share of the largest count as a degenerate direction
 INSIDE_TOL = 1e-9  # slack for points on the boundary (seeds are vertices of their own hull)
 LP_BATCH = 128  # candidates per block-diagonal LP
-URI_COLUMNS = ("spotify_uri", "uri")
-TITLE_COLUMNS = ("title", "track_name", "name")
-DURATION_COLUMNS = ("duration", "seconds", "duration_s")
-FORMATS = (".m3u8", ".m3u", ".csv")
-
 
 @dataclass
 class PlaylistsConfig:
@@ -102,10 +89,6 @@ class PlaylistsConfig:
 
 class PlaylistError(UsageError, ValueError):
     """A playlist request that cannot be served as it is (unknown seeds, too short, ...); the message says why."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Space: preparation and projection
 
 
 def prepare(X: np.ndarray, scale: str = "l2") -> np.ndarray:
@@ -155,11 +138,7 @@ def fit_projection(X: np.ndarray, dim: int) -> Projection:
     return Projection(mean=mean, components=components, explained=explained)
 
 
-# --------------------------------------------------------------------------------------------------
-# Regions
-
-
-def _rank_basis(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rank_basis(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre of the seeds and an orthonormal basis (k, r) of the affine subspace they span."""
     centre = S.mean(axis=0)
     _, sv, vt = np.linalg.svd(S - centre, full_matrices=False)
@@ -175,7 +154,7 @@ def outside_distance(Z: np.ndarray, S: np.ndarray) -> tuple[str, np.ndarray]:
     ``sqrt(max(in-plane facet distance, 0)^2 + off-plane distance^2)``; the in-plane part is the largest
     facet offset, exact for points whose nearest hull point lies on a facet and a lower bound elsewhere.
     """
-    centre, basis = _rank_basis(S)
+    centre, basis = rank_basis(S)
     while True:
         rank = basis.shape[1]
         U = (Z - centre) @ basis  # (n, r) coordinates in the seeds' subspace
@@ -250,10 +229,6 @@ def lp_outside_distance(X: np.ndarray, seeds: np.ndarray, tol: float, progress: 
             raise CmlError(f"the LP solver failed: {res.message}")
         out[rows] = res.x.reshape(m, k + 1)[:, -1]
     return np.where(out <= tol + INSIDE_TOL, out, np.inf)
-
-
-# --------------------------------------------------------------------------------------------------
-# Selection and order
 
 
 def farthest_point_sampling(X: np.ndarray, candidates: np.ndarray, k: int, chosen: np.ndarray) -> np.ndarray:
@@ -340,10 +315,6 @@ def order_tracks(X: np.ndarray, idx: Sequence[int], start: int | None = None, en
     return idx[two_opt(D, tour, fix_start=start is not None, fix_end=end is not None)]
 
 
-# --------------------------------------------------------------------------------------------------
-# Playlists
-
-
 @dataclass
 class Playlist:
     """A playlist: rows of the table in play order, and how they were found."""
@@ -358,7 +329,7 @@ class Playlist:
     message: str  # one line on the region used (also logged)
 
 
-def _unique(values: Sequence[int]) -> np.ndarray:
+def unique_indices(values: Sequence[int]) -> np.ndarray:
     """The values without repeats, in first-seen order (np.unique would sort them)."""
     return np.asarray(list(dict.fromkeys(int(v) for v in values)), dtype=np.int64)
 
@@ -379,7 +350,7 @@ def build_playlist(X: np.ndarray, seeds: Sequence[int], length: int, *, mode: st
         raise PlaylistError(f"length must be positive, got {length}")
     if not (np.isfinite(margin) and margin >= 0):
         raise PlaylistError(f"margin must be a finite number >= 0, got {margin}")
-    seeds = _unique(seeds)
+    seeds = unique_indices(seeds)
     if len(seeds) == 0:
         raise PlaylistError("no seed tracks given")
     if seeds.min() < 0 or seeds.max() >= len(X):
@@ -388,7 +359,7 @@ def build_playlist(X: np.ndarray, seeds: Sequence[int], length: int, *, mode: st
     if mode == "journey":
         return _journey(X, seeds, length, projection, index)
     start = int(seeds[0]) if start is None else int(start)
-    keep = _unique([*seeds, start, *([end] if end is not None else [])])
+    keep = unique_indices([*seeds, start, *([end] if end is not None else [])])
     if length < len(keep):
         raise PlaylistError(f"length {length} is shorter than the {len(keep)} seed/start/end tracks it must hold")
 
@@ -403,7 +374,7 @@ def build_playlist(X: np.ndarray, seeds: Sequence[int], length: int, *, mode: st
     candidates = np.union1d(np.flatnonzero(distance <= limit + INSIDE_TOL), keep)
     message = f"{mode} mode: {region} region (limit {limit:.4g}) holds {len(candidates)} tracks"
     if region not in ("hull", "lp"):
-        rank = _rank_basis(projection.transform(X[seeds]))[1].shape[1]
+        rank = rank_basis(projection.transform(X[seeds]))[1].shape[1]
         message += (f"; {len(seeds)} seed(s) span only {rank} of the {projection.dim} projected dimensions, "
                     f"so a {region} around them is used")
     if len(candidates) < length:
@@ -444,10 +415,6 @@ def _journey(X: np.ndarray, seeds: np.ndarray, length: int, projection: Projecti
                     projection=projection, message=message)
 
 
-# --------------------------------------------------------------------------------------------------
-# Seeds
-
-
 def resolve_ids(ids: Sequence[str], wanted: Sequence[str], what: str = "seed ids") -> np.ndarray:
     """Row indices of the ``wanted`` ids; unknown ids raise one error that names all of them (as ``what``)."""
     where = {str(v): i for i, v in enumerate(ids)}
@@ -476,58 +443,6 @@ def auto_seeds(n_tracks: int, n: int, labels: Sequence | None = None, seed: int 
     rows = np.flatnonzero(labels == label)
     return np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
 
-
-# --------------------------------------------------------------------------------------------------
-# Metrics and baselines
-
-
-def _volume(points: np.ndarray) -> float:
-    """Volume of the convex hull of ``points`` (n, dim); 0 when they do not span dim dimensions."""
-    if points.shape[1] == 1:
-        return float(np.ptp(points)) if len(points) else 0.0
-    if len(points) <= points.shape[1] or _rank_basis(points)[1].shape[1] < points.shape[1]:
-        return 0.0
-    try:
-        return float(ConvexHull(points).volume)
-    except QhullError:
-        return 0.0
-
-
-def playlist_metrics(X: np.ndarray, order: Sequence[int], seeds: Sequence[int], labels: Sequence | None = None,
-                     coords: np.ndarray | None = None) -> dict:
-    """Coherence, diversity, smoothness and label purity of a playlist (rows ``order`` of X, in play order).
-
-    - coherence: mean cosine similarity of adjacent tracks;
-    - diversity: mean pairwise Euclidean distance, and the hull volume of the tracks in ``coords``
-      (the projection), 0 when they are flat there;
-    - smoothness: the largest jump between adjacent tracks (and the mean jump, the path length);
-    - label purity: share of the added (non-seed) tracks whose label is one of the seeds' labels
-      (unlabelled tracks ignored; None when nothing is left to score).
-    Undefined values (a playlist of one track) are None.
-    """
-    order = np.asarray(order, dtype=np.int64)
-    P = X[order]
-    out: dict = {"n_tracks": len(order)}
-    if len(order) >= 2:
-        norms = np.linalg.norm(P, axis=1)
-        cos = (P[:-1] * P[1:]).sum(axis=1) / np.maximum(norms[:-1] * norms[1:], 1e-300)
-        jumps = np.linalg.norm(np.diff(P, axis=0), axis=1)
-        out.update(coherence=float(cos.mean()), diversity=float(pdist(P).mean()),
-                   largest_jump=float(jumps.max()), mean_jump=float(jumps.mean()), path_length=float(jumps.sum()))
-    else:
-        out.update(coherence=None, diversity=None, largest_jump=None, mean_jump=None, path_length=None)
-    out["hull_volume"] = _volume(coords[order]) if coords is not None else None
-    out["label_purity"] = None
-    if labels is not None:
-        labels = np.asarray(labels, dtype=object)
-        seed_rows = set(np.asarray(seeds, dtype=np.int64).tolist())
-        wanted = {labels[i] for i in seed_rows if labels[i] is not None}
-        added = [labels[i] for i in order if i not in seed_rows and labels[i] is not None]
-        if wanted and added:
-            out["label_purity"] = float(np.mean([v in wanted for v in added]))
-    return out
-
-
 def nearest_pool(X: np.ndarray, queries: np.ndarray, k: int, index: Index | None = None) -> np.ndarray:
     """The rows among which the queries' nearest tracks are then searched exactly: every row of X, or, with
     an approximate ``index`` of X's unit rows (`cml.search.index`; there cosine similarity ranks like Euclidean
@@ -536,243 +451,3 @@ def nearest_pool(X: np.ndarray, queries: np.ndarray, k: int, index: Index | None
         return np.arange(len(X))
     found = index.search(queries, k)[0]
     return np.unique(found[found >= 0])
-
-
-def knn_baseline(X: np.ndarray, seeds: Sequence[int], length: int, index: Index | None = None) -> np.ndarray:
-    """The seeds plus the tracks nearest to the seeds' centroid, ``length`` in all (``index``: :func:`nearest_pool`)."""
-    seeds = _unique(seeds)
-    centroid = X[seeds].mean(axis=0)
-    pool = nearest_pool(X, centroid[None], length, index)
-    dist = np.linalg.norm((X[pool] if len(pool) < len(X) else X) - centroid, axis=1)
-    dist[np.isin(pool, seeds)] = np.inf
-    extra = pool[np.argsort(dist, kind="stable")[:max(0, min(length, len(pool)) - len(seeds))]]
-    return np.concatenate([seeds, extra])
-
-
-def cluster_baseline(X: np.ndarray, seeds: Sequence[int], length: int, n_clusters: int, seed: int = 0) -> np.ndarray:
-    """The seeds plus random tracks (drawn with ``seed``) from the k-means clusters that hold a seed."""
-    seeds = _unique(seeds)
-    k = max(1, min(n_clusters, len(X)))
-    clusters = cluster(X, "kmeans", k=k, seed=seed, normalise=False).labels
-    pool = np.setdiff1d(np.flatnonzero(np.isin(clusters, clusters[seeds])), seeds)
-    rng = np.random.default_rng(seed)
-    extra = rng.choice(pool, size=min(len(pool), max(0, length - len(seeds))), replace=False)
-    return np.concatenate([seeds, np.sort(extra)])
-
-
-def compare_with_baselines(X: np.ndarray, playlist: Playlist, labels: Sequence | None = None,
-                           n_clusters: int = 8, seed: int = 0, index: Index | None = None) -> pd.DataFrame:
-    """Metrics of the playlist and of two baselines of the same length, seeds and start.
-
-    Baselines: the k nearest neighbours of the seeds' centroid, and random tracks from the seeds' k-means
-    clusters. They are ordered like the playlist (nearest-neighbour + 2-opt from the same start), so the
-    table compares which tracks are chosen, not how they are ordered. ``index``: see :func:`nearest_pool`.
-    """
-    coords = playlist.projection.transform(X)
-    length, start = len(playlist.order), int(playlist.order[0])
-    rows = {playlist.mode: playlist.order}
-    for name, chosen in (("knn_centroid", knn_baseline(X, playlist.seeds, length, index)),
-                         ("random_cluster", cluster_baseline(X, playlist.seeds, length, n_clusters, seed))):
-        rows[name] = order_tracks(X, np.union1d(chosen, [start]), start=start)
-    return pd.DataFrame.from_dict({name: playlist_metrics(X, order, playlist.seeds, labels, coords)
-                                   for name, order in rows.items()}, orient="index").rename_axis("method")
-
-
-def playlist_scores(X: np.ndarray, playlist: Playlist, labels: Sequence | None = None, n_clusters: int | None = None,
-                    seed: int = 0, index: Index | None = None) -> dict:
-    """The metrics of a playlist: what `cml playlist --metrics` writes and the Playlists notebook's metrics.json holds.
-
-    ``corpus_tracks``, ``n_seeds``, ``n_candidates``, ``fallback`` (hull mode: the seeds span no solid hull, so
-    a ball, capsule or flat hull stood in), ``explained_variance`` (the share the projection keeps), and
-    :func:`playlist_metrics` of the playlist (``playlist``) and of its two baselines (``knn_centroid``,
-    ``random_cluster``; see :func:`compare_with_baselines`; ``n_clusters`` defaults to the number of labels,
-    or 8). Undefined values are None.
-    """
-    k = n_clusters or n_labels(labels) or 8
-    comparison = compare_with_baselines(X, playlist, labels, n_clusters=k, seed=seed, index=index)
-    comparison = comparison.rename(index={playlist.mode: "playlist"}).astype(object)
-    return {"corpus_tracks": len(X), "n_seeds": len(playlist.seeds), "n_candidates": len(playlist.candidates),
-            "fallback": playlist.mode == "hull" and playlist.region != "hull",
-            "explained_variance": float(playlist.projection.explained.sum()),
-            **comparison.where(comparison.notna(), None).to_dict(orient="index")}
-
-
-# --------------------------------------------------------------------------------------------------
-# Output
-
-
-def _first(meta: pd.DataFrame, names: Sequence[str]) -> str | None:
-    return next((c for c in names if c in meta.columns), None)
-
-
-def playlist_frame(table: FeatureTable, X: np.ndarray, order: Sequence[int]) -> pd.DataFrame:
-    """One row per track in play order: id, position, path, distance_to_previous, then label, title,
-    duration and spotify_uri where the table has them."""
-    order = np.asarray(order, dtype=np.int64)
-    meta = table.meta.iloc[order].reset_index(drop=True)
-    step = np.r_[np.nan, np.linalg.norm(np.diff(X[order], axis=0), axis=1)]
-    frame = pd.DataFrame({"id": table.ids[order], "position": np.arange(1, len(order) + 1),
-                          "path": meta["path"] if "path" in meta else None, "distance_to_previous": step})
-    if table.labels is not None:
-        frame["label"] = table.labels[order]
-    title = _first(meta, TITLE_COLUMNS)
-    if title:
-        frame["title"] = meta[title]
-        if "artists" in meta:
-            frame["title"] = meta["artists"].astype(str) + " - " + meta[title].astype(str)
-    duration = _first(meta, DURATION_COLUMNS)
-    if duration:
-        frame["duration"] = pd.to_numeric(meta[duration], errors="coerce")
-    uri = _first(meta, URI_COLUMNS)
-    if uri:
-        frame["spotify_uri"] = meta[uri]
-    return frame
-
-
-def _breaks_line(c: str) -> bool:
-    """A control character (\\n, \\r, NUL, ...) or a line/paragraph separator: in an M3U line it could end
-    the line, and the text after it would read as another entry."""
-    return unicodedata.category(c) in ("Cc", "Zl", "Zp")
-
-
-def write_m3u8(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Extended M3U (UTF-8) of the local files; relative paths are rewritten relative to the playlist's folder.
-
-    Tracks without a path are left out with a warning (they have nothing to play). One entry per track
-    whatever the names hold: control characters in a title become spaces; a path with one is written as a
-    percent-encoded ``file://`` URI (which players resolve), and one starting with ``#`` as ``./#...`` (not a comment).
-    """
-    path = Path(path)
-    lines = ["#EXTM3U"]
-    missing = []
-    for row in frame.itertuples(index=False):
-        track = getattr(row, "path", None)
-        if not isinstance(track, str) or not track:
-            missing.append(str(row.id))
-            continue
-        seconds = getattr(row, "duration", None)
-        seconds = int(round(seconds)) if seconds is not None and np.isfinite(seconds) else -1
-        title = getattr(row, "title", None)
-        title = title if isinstance(title, str) and title else str(row.id)
-        title = "".join(" " if _breaks_line(c) else c for c in title)
-        if any(map(_breaks_line, track)):  # no plain line can hold it (and a NUL cannot even be resolved)
-            location = Path(os.path.abspath(track)).as_uri()
-        else:
-            location = track if os.path.isabs(track) else os.path.relpath(Path(track).resolve(), path.parent.resolve())
-            location = f"./{location}" if location.startswith("#") else location
-        lines += [f"#EXTINF:{seconds},{title}", location]
-    if missing:
-        log.warning("%s: %d track(s) without a path left out: %s", path, len(missing), ", ".join(missing[:10]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def playlist_format(path: str | Path) -> str:
-    """The format of a playlist file, by its suffix (checked before the playlist is built)."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise PlaylistError(f"unknown playlist format {suffix!r} for {path}; use .m3u8 or .csv")
-    return suffix
-
-
-def write_playlist(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write the playlist as M3U8 (``.m3u8``/``.m3u``) or CSV (``.csv``), by the file's suffix."""
-    path = Path(path)
-    if playlist_format(path) != ".csv":
-        return write_m3u8(frame, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, float_format="%.6g")
-    return path
-
-
-def draw_map(ax, coords: np.ndarray, playlist: Playlist, labels: Sequence | None = None, title: str = "") -> None:
-    """The 2-D map: all tracks, the candidates, the seeds' hull (its shadow in the first two PCs), the path."""
-    seeds2 = coords[playlist.seeds]
-    groups = pd.Series(labels if labels is not None else ["track"] * len(coords), dtype=object).fillna("?")
-    for name in sorted(groups.unique()):
-        mask = (groups == name).to_numpy()
-        ax.scatter(*coords[mask].T, s=10, alpha=0.35, label=str(name))
-    if playlist.mode != "journey":
-        ax.scatter(*coords[playlist.candidates].T, s=28, facecolors="none", edgecolors="0.3", linewidths=0.6,
-                   label="candidates")
-    if len(seeds2) >= 3 and _rank_basis(seeds2)[1].shape[1] == 2:
-        ring = ConvexHull(seeds2).vertices
-        ax.fill(*seeds2[ring].T, color="tab:orange", alpha=0.15, label="seeds' hull")
-    elif len(seeds2) >= 2:
-        ax.plot(*seeds2.T, color="tab:orange", alpha=0.5)
-    path = coords[playlist.order]
-    for a, b in zip(path[:-1], path[1:]):
-        ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle="->", color="black", lw=0.9))
-    for position, (x, y) in enumerate(path, start=1):
-        ax.annotate(str(position), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.scatter(*seeds2.T, marker="*", s=180, color="tab:red", edgecolors="black", zorder=5, label="seeds")
-    ax.set_xlabel("PC1"); ax.set_ylabel("PC2"); ax.set_title(title)
-    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize="small")
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def _ids(text: str | None) -> list[str]:
-    return [v.strip() for v in (text or "").split(",") if v.strip()]
-
-
-def _cmd_playlist(args: argparse.Namespace) -> int:
-    if args.mode == "journey" and (args.start, args.end, args.margin) != (None, None, None):
-        raise UsageError("--start, --end and --margin: not used by --mode journey (it runs from seed A to seed B)")
-    if args.clusters is not None and not args.metrics:
-        raise UsageError("--clusters sets the cluster baseline of --metrics: give --metrics too")
-    for out in args.out:
-        playlist_format(out)
-        check_output(out)
-    if args.metrics:
-        check_output(args.metrics)
-    seed_ids = _ids(args.seed_tracks)
-    if not seed_ids:
-        raise UsageError("--seed-tracks is empty: give one or more ids separated by commas")
-    table = read_cli_table(args, l2=args.scale == "l2")
-    for option, value in (("--length", args.length), ("--clusters", args.clusters)):
-        check_at_most(value, option, len(table), f"tracks in {args.file}")
-    seeds = resolve_ids(table.ids, seed_ids, "--seed-tracks ids")
-    start = resolve_ids(table.ids, [args.start], "--start id")[0] if args.start is not None else None
-    end = resolve_ids(table.ids, [args.end], "--end id")[0] if args.end is not None else None
-    X = prepare(table.X, args.scale)
-    # The index pays for its build (0.3 s at 100k tracks) in a journey (0.76 s -> 2 ms), not in one k-NN
-    # baseline (54 ms -> 0.2 ms; README "Benchmarks"); it is cosine, so it needs unit rows.
-    index = Index(X) if args.mode == "journey" and args.scale == "l2" else None
-    playlist = build_playlist(X, seeds, args.length, mode=args.mode, dim=args.dim, margin=args.margin or 0.0,
-                              start=start, end=end, index=index)
-    frame = playlist_frame(table, X, playlist.order)
-    for out in args.out:
-        write_playlist(frame, out)
-        log.info("wrote %s", out)
-    scores = playlist_metrics(X, playlist.order, playlist.seeds, table.labels, playlist.projection.transform(X))
-    if args.metrics:
-        metrics = playlist_scores(X, playlist, table.labels, n_clusters=args.clusters, seed=args.seed, index=index)
-        Path(args.metrics).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print(json.dumps({"region": playlist.region, "n_candidates": len(playlist.candidates), **scores}, indent=2))
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """``cml playlist FILE --seed-tracks ID,ID,... --length N --out FILE.{m3u8,csv} [--mode hull|lp|journey]``."""
-    p = subparsers.add_parser("playlist", description=__doc__.split("\n\n")[0])
-    add_table_arguments(p)
-    p.add_argument("--seed-tracks", required=True, help="ids of the seed tracks, separated by commas (journey: A,B)")
-    p.add_argument("--length", type=count, required=True, help="tracks in the playlist")
-    p.add_argument("--out", action="append", required=True,
-                   help="playlist file, .m3u8 or .csv (repeat --out for both)")
-    p.add_argument("--mode", choices=MODES, default="hull")
-    p.add_argument("--dim", type=count, default=3, help="PCA dimension of the hull (hull mode; default 3)")
-    p.add_argument("--margin", type=non_negative,
-                   help="hull: push the facets out by this distance; lp: tolerance (L-infinity); default 0")
-    p.add_argument("--scale", choices=SCALES, default="l2",
-                   help="l2: unit rows (embeddings, default); standard: z-scored columns (raw features)")
-    p.add_argument("--start", help="id of the first track (default: the first seed)")
-    p.add_argument("--end", help="id of the last track (default: free)")
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the baselines' k-means and random draw")
-    p.add_argument("--clusters", type=count, help="k of the cluster baseline (default: number of labels, or 8)")
-    p.add_argument("--metrics", help="write metrics of the playlist and the baselines to this JSON file")
-    p.set_defaults(func=_cmd_playlist)

@@ -29,13 +29,18 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from cml.cluster.methods import check_directions
-from cml.errors import CmlError, UsageError
 from cml.data.features import PROJECTIONS, project_2d
+from cml.errors import CmlError, UsageError
+from cml.playlist.files import playlist_frame, write_playlist
+from cml.playlist.hull import build_playlist, fit_projection, prepare, resolve_ids
 from cml.search.index import Index
 from cml.search.neighbours import nearest
-from cml.playlist.hull import build_playlist, fit_projection, playlist_frame, prepare, resolve_ids, write_playlist
-from cml.tables import FeatureTable, read_csv_text_ids, read_feature_table
+from cml.tables import (
+    FeatureTable,
+    check_directions,
+    read_csv_text_ids,
+    read_feature_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +49,6 @@ NEIGHBOURS_K = 10  # the neighbours a projection should keep
 TSNE_MAX_ROWS = 20_000  # above this, t-SNE is not a candidate of "auto" (too slow on the whole library)
 AUDIO_STATES = ("ok", "missing", "none")
 NOISE = "noise"  # cluster -1 of `cml cluster`
-
-
-# --------------------------------------------------------------------------------------------------
-# Choosing the projection
 
 
 def neighbour_preservation(X: np.ndarray, Y: np.ndarray, k: int = NEIGHBOURS_K) -> float:
@@ -95,10 +96,6 @@ def choose_projection(X: np.ndarray, seed: int = 0, methods: Sequence[str] = PRO
     log.info("projection: %s keeps %.0f%% of %d neighbours (%s)", best, 100 * scores.loc[best, "preservation"],
              NEIGHBOURS_K, ", ".join(f"{m} {v:.2f}" for m, v in scores["preservation"].items()))
     return best, scores
-
-
-# --------------------------------------------------------------------------------------------------
-# Reading
 
 
 class _Collect(logging.Handler):
@@ -158,10 +155,6 @@ def audio_states(paths: Sequence) -> np.ndarray:
             return "none"
         return "ok" if os.path.isfile(p) and os.access(p, os.R_OK) else "missing"
     return np.array([state(p) for p in paths], dtype=object)
-
-
-# --------------------------------------------------------------------------------------------------
-# The map
 
 
 @dataclass

@@ -25,10 +25,11 @@ from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cml.errors import CmlError, UsageError, check_output, non_negative_int
 from cml.data.features import PROJECTIONS
+from cml.errors import CmlError, UsageError, check_output, non_negative_int
+from cml.playlist.files import URI_COLUMNS
+from cml.playlist.hull import MODES, PlaylistError
 from cml.playlist.library_map import LibraryMap, load_map
-from cml.playlist.hull import MODES, URI_COLUMNS, PlaylistError
 
 log = logging.getLogger(__name__)
 

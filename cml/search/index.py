@@ -102,10 +102,10 @@ def _build_ivf(U: np.ndarray, seed: int):
 
 def knn_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
                  k: int = 5) -> float:
-    """`cml.search.neighbours.knn_accuracy` (cosine) for a reference set of any size: that exact vote below
+    """`cml.search.neighbours.exact_knn_accuracy` (cosine) for a reference set of any size: that exact vote below
     `EXACT_BELOW` reference rows (so the default corpus's metrics stay bit for bit), the index's at or above."""
     if len(X_train) < EXACT_BELOW or len(X_test) == 0:
-        return neighbours.knn_accuracy(X_train, y_train, X_test, y_test, k)
+        return neighbours.exact_knn_accuracy(X_train, y_train, X_test, y_test, k)
     classes, y_idx = np.unique(np.asarray(y_train), return_inverse=True)
     idx, _ = Index(X_train).search(X_test, k)
     return float(np.mean(classes[majority_vote(y_idx[idx], idx >= 0, len(classes))] == np.asarray(y_test)))
@@ -113,11 +113,11 @@ def knn_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y
 
 def leave_group_out_knn_accuracy(X: np.ndarray, y: np.ndarray, queries: np.ndarray,
                                  groups: Optional[np.ndarray] = None, k: int = 5) -> float:
-    """`cml.search.neighbours.leave_group_out_knn_accuracy` for a library of any size: that exact vote below
+    """`cml.search.neighbours.exact_leave_group_out_knn_accuracy` for a library of any size: that exact vote below
     `EXACT_BELOW` rows, the index's at or above (each query's group asked past, then filtered out)."""
     rows = np.flatnonzero(np.asarray(queries, dtype=bool))
     if len(X) < EXACT_BELOW or len(rows) == 0:
-        return neighbours.leave_group_out_knn_accuracy(X, y, queries, groups, k)
+        return neighbours.exact_leave_group_out_knn_accuracy(X, y, queries, groups, k)
     classes, y_idx = np.unique(np.asarray(y).astype(str), return_inverse=True)
     idx, _ = Index(X, groups).search(X[rows], k, exclude=rows)
     return float(np.mean(majority_vote(y_idx[idx], idx >= 0, len(classes)) == y_idx[rows]))

@@ -20,7 +20,7 @@ def l2_normalise(X: np.ndarray) -> np.ndarray:
     return X / np.where(norms > 0, norms, 1.0)
 
 
-def knn_accuracy(
+def exact_knn_accuracy(
     X_train: np.ndarray,
     y_train: np.ndarray,
     X_test: np.ndarray,
@@ -38,16 +38,16 @@ def knn_accuracy(
 
 
 def fit_knn(X_train: np.ndarray, y_train: np.ndarray, k: int = 5, metric: str = "cosine") -> KNeighborsClassifier:
-    """The k-NN vote of `knn_accuracy`, fitted, to score several test sets against one reference."""
+    """The k-NN vote of `exact_knn_accuracy`, fitted, to score several test sets against one reference."""
     clf = KNeighborsClassifier(n_neighbors=max(1, min(k, len(X_train))), metric=metric, algorithm="brute")
     return clf.fit(X_train, y_train)
 
 
-def leave_group_out_knn_accuracy(X: np.ndarray, y: np.ndarray, queries: np.ndarray,
+def exact_leave_group_out_knn_accuracy(X: np.ndarray, y: np.ndarray, queries: np.ndarray,
                                  groups: Optional[np.ndarray] = None, k: int = 5, block: int = 1024) -> float:
     """Cosine k-NN accuracy of the `queries` rows, each voted on by its k nearest rows outside its own group.
 
-    A lower-variance companion of `knn_accuracy` for small test splits: every held-out track (val + test),
+    A lower-variance companion of `exact_knn_accuracy` for small test splits: every held-out track (val + test),
     each against every other track, is scored, not only the test split's, so one track moves the accuracy
     less (the README gives the counts). Groups keep what must not vote for itself out of the vote: the other
     rendering of the same piece shares its notes and would make the task trivial. No group: plain

@@ -1,1 +1,2 @@
 """Contrastive training: augmentations, losses, the data pipeline, the loop, and pretraining on the pool."""
+

@@ -17,405 +17,68 @@ see `_score`), `live/` (DVCLive: per-epoch metrics and plots) and `metrics.json`
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from cml.audio.mel import DECODE_ERRORS, LogMel, MelConfig, audio_info, centre_offset, load_audio, track_logmel
-from cml.train.augment import Augment, AugmentConfig
+from cml.audio.mel import MelConfig
+from cml.errors import CmlError, UsageError
 from cml.model.checkpoint import (
-    Normalizer, checkpoint_path, load_encoder, process_device, read_checkpoint, resolve_device, save_checkpoint,
+    Normalizer,
+    checkpoint_path,
+    load_encoder,
+    read_checkpoint,
+    save_checkpoint,
 )
-from cml.errors import CmlError, UsageError, check_input_file, check_output, one_line
-from cml.train.losses import KMEANS_MODES, KMeansLoss, nt_xent
+from cml.model.devices import process_device
 from cml.model.encoder import Encoder, EncoderConfig
-from cml.search.neighbours import knn_accuracy
 from cml.notebook import write_metrics
-from cml.params import build, load_params, parse_section
-from cml.tables import read_tracks
+from cml.train.augment import Augment
+from cml.train.config import RESUME_FREE_KEYS, TrainConfig
+from cml.train.data import (
+    PairDataset,
+    TrackCrops,
+    choose_recipe,
+    epoch_batches,
+    loader,
+    measure_norm,
+    pair_dataset,
+    readable_crops,
+    steps_per_epoch,
+    training_tracks,
+)
+from cml.train.distributed import (
+    KMEANS_STREAM,
+    Dist,
+    all_mean,
+    autocast_context,
+    gather,
+    generator,
+    init_distributed,
+)
+from cml.train.losses import KMeansLoss, nt_xent
+from cml.train.validate import (
+    ValData,
+    best_epoch,
+    build_val_data,
+    patience_over,
+    validate,
+)
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-CACHE_MODES = ("auto", "memory", "disk")
-RECIPES = ("auto", "renderings", "recordings")
-# keys that may change between an interrupted run and its resumption without changing the results
-RESUME_FREE_KEYS = ("num_workers",)
-# independent random streams derived from the seed
-_TRAIN, _VAL, _NORM, _KMEANS = range(4)
-
-
-@dataclass
-class TrainConfig:
-    variant: str = "rope1d"  # positional variant, a key of cml.model.encoder.VARIANTS
-    model: dict = field(default_factory=dict)  # EncoderConfig overrides (the `model` section): dim, depth, heads, ...
-    frontend: dict = field(default_factory=dict)  # MelConfig overrides (the `frontend` section): the log-mel input
-    crop_seconds: float = 4.0  # length of each view (400 frames, 50 tokens at the model defaults)
-    batch_size: int = 32  # pairs per step (2x views, 2N - 2 negatives each); global over all processes
-    epochs: int = 18  # 36 steps an epoch on the default corpus: 648 steps in all
-    crops_per_track: int = 8  # pairs drawn per training track (or piece) per epoch ...
-    min_steps: int = 648  # ... but at least this many steps in all (a 100-track library still learns) ...
-    max_steps: int = 6000  # ... and at most this many (a 10k-track library: ~20 min on 2 CPU cores)
-    lr: float = 3e-4  # peak learning rate (AdamW); 1e-3 stalled the loss on the default corpus
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0  # linear warm-up from 0, in epochs (converted to steps)
-    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
-    temperature: float = 0.1  # NT-Xent temperature
-    kmeans_lambda: float = 0.1  # weight of the k-means term (Deep Clustering Network style); 0 turns it off
-    kmeans_k: int = 7  # number of centroids (the default corpus has 7 styles)
-    kmeans_mode: str = "minibatch"  # "minibatch" (Sculley 2010 updates) | "learned" (trained by gradient)
-    augment: dict = field(default_factory=dict)  # AugmentConfig overrides; {"off": true} turns all off
-    recipe: str = "auto"  # where positives come from: "renderings" | "recordings" | "auto" (see `choose_recipe`)
-    pair_by_piece: bool = True  # renderings: the two views come from two renderings of a piece
-    view_shift_seconds: Optional[float] = 0.5  # renderings: the two views at the same relative position up to
-    #   +-0.5 s (the same notes with other instruments); None: independent positions
-    cache: str = "auto"  # "memory": whole-track log-mels in RAM; "disk": read each crop; "auto": memory if it fits
-    cache_mb: int = 2048  # the memory budget of "auto"
-    norm_crops: int = 64  # random training crops measured for the log-mel mean and std
-    patience: int = 0  # stop once the val NT-Xent has not improved for this many epochs (0: run every epoch)
-    knn_k: int = 5  # k of the per-epoch val k-NN accuracy (cosine)
-    num_workers: int = 0  # DataLoader workers; 0 loads in the main process (best on 2 cores with the cache)
-    seed: int = 0
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto": bf16 (or fp16) autocast on CUDA, fp32 on CPU; or fp32 | bf16 | fp16
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return build(cls, d, "'train'")
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
-        if self.kmeans_mode not in KMEANS_MODES:
-            raise ValueError(f"kmeans_mode must be one of {KMEANS_MODES}, got {self.kmeans_mode!r}")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
-        if self.batch_size < 2 or self.epochs < 1 or self.crops_per_track < 1 or self.crop_seconds <= 0:
-            raise ValueError("need batch_size >= 2, epochs >= 1, crops_per_track >= 1 and crop_seconds > 0")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0 epochs (0: no early stop), got {self.patience}")
-        if not 1 <= self.min_steps <= self.max_steps:
-            raise ValueError(f"need 1 <= min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
-        self.encoder_config()  # fails early on a bad variant, model or frontend key
-        self.augment_config()
-
-    def mel_config(self) -> MelConfig:
-        return build(MelConfig, self.frontend, "'frontend'")
-
-    def encoder_config(self) -> EncoderConfig:
-        if "variant" in self.model:
-            raise ValueError("the variant is not a model key: the study's variants (or train.variant) choose it")
-        values = {"n_mels": self.mel_config().n_mels, **self.model, "variant": self.variant}
-        return build(EncoderConfig, values, "'model'")
-
-    def augment_config(self) -> AugmentConfig:
-        d = dict(self.augment)
-        if d.pop("off", False):
-            return AugmentConfig.off()
-        return AugmentConfig.from_dict(d)
-
-
-# --------------------------------------------------------------------------------------------------
-# Seeds, devices, processes
-
-
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed for one random stream, the same on every platform (numpy's SeedSequence hashing)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _generator(*keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*keys))
-
-
-@dataclass
-class Dist:
-    """Where this process stands in a (possibly one-process) run."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # this call created the process group and must destroy it
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_type: str) -> Dist:
-    """Join the torchrun process group (gloo on CPU, nccl on CUDA) when WORLD_SIZE > 1."""
-    if dist.is_available() and dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Dist()
-    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owns_group=True)
-
-
-def _autocast(device: torch.device, precision: str) -> tuple[contextlib.AbstractContextManager, Optional[torch.dtype]]:
-    """Autocast context and its dtype: mixed precision only on CUDA (CPU autocast is slower than fp32)."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return contextlib.nullcontext(), None
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return contextlib.nullcontext(), None
-    if device.type != "cuda":
-        raise ValueError(f"precision {precision!r} needs a CUDA device; use 'auto' or 'fp32' on {device}")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype
-
-
-def _gather(x: Tensor, d: Dist) -> Tensor:
-    """Concatenate x over processes in rank order; gradients flow only into this process's slice."""
-    if d.world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(d.world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[d.rank] = x
-    return torch.cat(parts)
-
-
-def _all_mean(value: float, d: Dist, device: torch.device) -> float:
-    if d.world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / d.world
-
-
-# --------------------------------------------------------------------------------------------------
-# Data
-
-
-class TrackCrops:
-    """Log-mel crops of a list of tracks: from whole-track log-mels kept in memory, or read from disk.
-
-    In memory a crop is a slice (microseconds); from disk it is a seek, a decode and a log-mel (a few
-    ms). Both give (n_mels, frames) crops of the same length, zero-padded (log floor) past a track's end.
-    Every crop is `_take(i, start, frames)`; `random`, `at` and `centre` only choose the start frame.
-    """
-
-    def __init__(self, paths: list[str], durations: list[float], mel: MelConfig, in_memory: bool, progress: bool):
-        self.paths, self.durations, self.mel = paths, durations, mel
-        self.floor = math.log(mel.log_offset)
-        self.logmels: Optional[list[Tensor]] = None
-        self.failed: dict[str, str] = {}  # path -> reason, for files that failed to decode from disk
-        if in_memory:
-            self.logmels = [track_logmel(p, mel) for p in tqdm(paths, desc="cache log-mels", unit="track",
-                                                                 disable=not progress)]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def _length(self, i: int) -> int:
-        """Frames of track i: exact in memory, from the table's duration on disk."""
-        return self.logmels[i].shape[1] if self.logmels is not None else self.mel.frames(self.durations[i])
-
-    def _take(self, i: int, start: int, frames: int) -> Tensor:
-        """The crop of `frames` frames from frame `start` (padded with the log floor past the end)."""
-        if self.logmels is not None:
-            x = self.logmels[i][:, start:start + frames]
-        else:
-            x = self._read(i, self.mel.seconds(start), self.mel.seconds(frames))
-        return torch.nn.functional.pad(x[:, :frames], (0, frames - min(frames, x.shape[1])), value=self.floor)
-
-    def _read(self, i: int, offset: float, seconds: float) -> Tensor:
-        """A crop decoded from disk; a file that fails now is logged and read as silence (the run goes on)."""
-        try:
-            wave = load_audio(self.paths[i], self.mel.sample_rate, offset=offset, duration=seconds)
-            if not torch.isfinite(wave).all():
-                raise ValueError("non-finite samples (NaN or inf)")
-            wave = torch.nn.functional.pad(wave, (0, round(seconds * self.mel.sample_rate) - len(wave)))
-        except (*DECODE_ERRORS, ValueError) as err:
-            if self.paths[i] not in self.failed:
-                log.warning("cannot use %s (%s): its crops are silence from now on", self.paths[i], one_line(err))
-            self.failed[self.paths[i]] = f"failed during training: {one_line(err)}"
-            wave = torch.zeros(0)
-        return LogMel(self.mel)(wave)
-
-    def random(self, i: int, seconds: float, g: torch.Generator) -> Tensor:
-        frames = self.mel.frames(seconds)
-        return self._take(i, int(torch.randint(max(1, self._length(i) - frames + 1), (), generator=g)), frames)
-
-    def at(self, i: int, seconds: float, fraction: float, shift: float = 0.0) -> Tensor:
-        """The crop starting at `fraction` of the track's room for crops, moved by `shift` seconds (clipped)."""
-        room = max(0.0, self.durations[i] - seconds)
-        frames = self.mel.frames(seconds)
-        start = self.mel.frames(min(max(fraction * room + shift, 0.0), room))
-        return self._take(i, min(start, max(0, self._length(i) - frames)), frames)
-
-    def centre(self, i: int, seconds: float) -> Tensor:
-        frames = self.mel.frames(seconds)
-        return self._take(i, int(centre_offset(self._length(i), frames)), frames)
-
-
-def readable_crops(rows: pd.DataFrame, mel: MelConfig, in_memory: bool, progress: bool,
-                   ) -> tuple[TrackCrops, pd.DataFrame, list[dict]]:
-    """TrackCrops of the rows whose audio can be read (whole log-mels cached when `in_memory`), those rows,
-    and the other rows with the reason: one unreadable or non-finite file never stops training."""
-    logmels, keep, skipped = [], [], []
-    for i, row in enumerate(tqdm(rows.itertuples(index=False), total=len(rows), desc="read tracks",
-                                 unit="track", disable=not progress)):
-        try:
-            x = track_logmel(row.path, mel) if in_memory else audio_info(row.path)
-        except DECODE_ERRORS as err:
-            skipped.append({"id": row.id, "path": row.path, "reason": f"cannot decode: {one_line(err)}"})
-            continue
-        if in_memory and not torch.isfinite(x).all():
-            skipped.append({"id": row.id, "path": row.path, "reason": "non-finite log-mel (NaN/inf or huge samples)"})
-            continue
-        keep.append(i)
-        logmels.append(x)
-    for r in skipped:
-        log.warning("skipped %s: %s", r["path"], r["reason"])
-    kept = rows.iloc[keep].reset_index(drop=True)
-    crops = TrackCrops(list(kept["path"]), list(kept["duration"]), mel, in_memory=False, progress=False)
-    crops.logmels = logmels if in_memory else None
-    return crops, kept, skipped
-
-
-class PairDataset(Dataset):
-    """Two augmented views of one group (a track, or a piece's renderings), keyed by (group, item seed).
-
-    Stateless: the key holds all the randomness, so workers, processes and resumptions agree. With
-    several rows in a group (renderings of one piece with different instruments), the two views come
-    from two different rows: a positive pair that differs in timbre, the data-side cure for the timbre
-    trap (see cml.train.augment).
-    """
-
-    def __init__(self, crops: TrackCrops, groups: list[list[int]], seconds: float, augment: Augment, norm: Normalizer,
-                 shift: Optional[float] = None):
-        self.crops, self.groups, self.seconds, self.augment, self.norm = crops, groups, seconds, augment, norm
-        self.shift = shift
-
-    def __len__(self) -> int:
-        return len(self.groups)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor, int]:
-        group, seed = key
-        g = torch.Generator().manual_seed(seed)
-        rows = self.groups[group]
-        pick = torch.randperm(len(rows), generator=g)
-        a, b = rows[int(pick[0])], rows[int(pick[-1])]
-        fraction = shift = None
-        if self.shift is not None:  # one position for both views, the second moved by up to +-shift seconds
-            fraction, shift = float(torch.rand((), generator=g)), self.shift * (2 * float(torch.rand((), generator=g)) - 1)
-        views = []
-        for row, moved in ((a, 0.0), (b, shift)):
-            x = self.crops.random(row, self.seconds, g) if fraction is None else self.crops.at(row, self.seconds, fraction, moved)
-            views.append(self.norm(self.augment(x, g)))
-        return views[0], views[1], group
-
-
-def epoch_batches(seed: int, epoch: int, n_groups: int, batch_size: int, steps: int) -> list[list[tuple[int, int]]]:
-    """The global batches of one epoch: keys (group, item seed) from back-to-back shuffles of all groups."""
-    g = _generator(seed, _TRAIN, epoch)
-    order = torch.cat([torch.randperm(n_groups, generator=g) for _ in range(math.ceil(steps * batch_size / n_groups))])
-    keys = [(int(group), derive_seed(seed, _TRAIN, epoch, pos)) for pos, group in enumerate(order[: steps * batch_size])]
-    return [keys[s * batch_size:(s + 1) * batch_size] for s in range(steps)]
-
-
-def _worker_init(worker_id: int) -> None:
-    """Workers need no seed of their own (keys carry it); one thread each keeps 2 cores for the model."""
-    torch.set_num_threads(1)
-
-
-def _collate(items: list[tuple[Tensor, Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
-    v1, v2, groups = zip(*items)
-    return torch.stack(v1), torch.stack(v2), torch.tensor(groups)
-
-
-def _loader(dataset: PairDataset, batches: list[list[tuple[int, int]]], d: Dist, workers: int,
-            pin: bool = False) -> DataLoader:
-    """A loader over this process's contiguous slice of each global batch."""
-    per = len(batches[0]) // d.world
-    local = [b[d.rank * per:(d.rank + 1) * per] for b in batches]
-    return DataLoader(dataset, batch_sampler=local, num_workers=workers, collate_fn=_collate,
-                      worker_init_fn=_worker_init, pin_memory=pin)
-
-
-def choose_recipe(rows: pd.DataFrame, recipe: str = "auto") -> str:
-    """Where the two views of a positive pair come from.
-
-    "renderings" (the default corpus: a `piece` column and two or more renderings of a piece): two
-    renderings of one piece at nearly the same position, so the pair shares notes, not timbre.
-    "recordings" (user audio: one recording per track): two crops from anywhere in the same track,
-    drawn independently as in CLMR (Spijkervet & Burgoyne 2021). Two crops at the same position of one
-    recording would be nearly the same audio, a pretext task the augmentations alone cannot make hard.
-    "auto" picks "renderings" when some piece has several renderings among `rows`, else "recordings".
-    """
-    if recipe != "auto":
-        return recipe
-    if "piece" in rows.columns and rows["piece"].dropna().astype(str).duplicated().any():
-        return "renderings"
-    return "recordings"
-
-
-def _groups(rows: pd.DataFrame, by_piece: bool) -> list[list[int]]:
-    """Row positions grouped by piece (when asked and a `piece` column exists), else one row per group."""
-    if by_piece and "piece" in rows.columns:
-        key = rows["piece"].where(rows["piece"].notna(), rows["id"]).astype(str)
-        return [list(idx) for idx in pd.Series(range(len(rows))).groupby(key.values, sort=True).groups.values()]
-    return [[i] for i in range(len(rows))]
-
-
-def pair_dataset(crops: TrackCrops, rows: pd.DataFrame, recipe: str, cfg: TrainConfig, augment: Augment,
-                 norm: Normalizer) -> PairDataset:
-    """The positive pairs of a recipe (see `choose_recipe`)."""
-    if recipe == "renderings":
-        return PairDataset(crops, _groups(rows, cfg.pair_by_piece), cfg.crop_seconds, augment, norm,
-                           cfg.view_shift_seconds)
-    return PairDataset(crops, _groups(rows, False), cfg.crop_seconds, augment, norm, shift=None)
-
-
-def steps_per_epoch(n_groups: int, cfg: TrainConfig) -> int:
-    """crops_per_track pairs per group and epoch, kept within min_steps..max_steps over all epochs: the
-    budget grows with the library but a small one still gets enough steps and a large one ends in time."""
-    by_data = n_groups * cfg.crops_per_track // cfg.batch_size
-    return max(1, min(max(by_data, math.ceil(cfg.min_steps / cfg.epochs)), cfg.max_steps // cfg.epochs))
-
-
-def training_tracks(tracks_csv: str | os.PathLike) -> tuple[pd.DataFrame, list[dict]]:
-    """The track table checked for what training needs, and the rows whose file is gone (reported)."""
-    tracks = read_tracks(tracks_csv, required=("id", "path", "duration", "split"))
-    exists = tracks["path"].map(lambda p: Path(p).is_file())
-    gone = [{"id": r.id, "path": r.path, "reason": "file not found"} for r in tracks[~exists].itertuples()]
-    for r in gone:
-        log.warning("skipped %s: file not found", r["path"])
-    tracks = tracks[exists].reset_index(drop=True)
-    if not (tracks["split"] == "train").any():
-        raise CmlError(f"{tracks_csv}: no usable tracks in the train split")
-    return tracks, gone
-
-
-def measure_norm(crops: TrackCrops, n: int, seconds: float, seed: int) -> Normalizer:
-    """Mean and std of log-mel values over n random (unaugmented) training crops."""
-    g = _generator(seed, _NORM)
-    idx = torch.randint(len(crops), (n,), generator=g)
-    return Normalizer.measure(crops.random(int(i), seconds, g) for i in idx)
-
-
-# --------------------------------------------------------------------------------------------------
 # Model, schedule, evaluation
 
 
@@ -453,66 +116,6 @@ def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
     return f
 
 
-@dataclass
-class ValData:
-    """Fixed validation inputs: view pairs of val groups, and centre crops of train and val tracks."""
-
-    pairs: list[tuple[Tensor, Tensor, Tensor]]  # batches of (v1, v2, groups)
-    train_crops: Tensor  # (n_train, M, T)
-    train_labels: np.ndarray
-    val_crops: Tensor
-    val_labels: np.ndarray
-
-
-def _val_data(train: TrackCrops, train_rows: pd.DataFrame, val: TrackCrops, val_rows: pd.DataFrame,
-              val_set: PairDataset, cfg: TrainConfig, norm: Normalizer) -> ValData:
-    keys = [(group, derive_seed(cfg.seed, _VAL, group)) for group in range(len(val_set))]
-    batches = [keys[s:s + cfg.batch_size] for s in range(0, len(keys), cfg.batch_size)]
-    pairs = [_collate([val_set[k] for k in b]) for b in batches if len(b) >= 2]
-
-    def centre(crops: TrackCrops, rows: pd.DataFrame) -> tuple[Tensor, np.ndarray]:
-        labelled = rows["label"].notna().to_numpy() if "label" in rows.columns else np.zeros(len(rows), bool)
-        idx = np.flatnonzero(labelled)
-        x = torch.stack([norm(crops.centre(int(i), cfg.crop_seconds)) for i in idx]) if len(idx) else torch.empty(0)
-        return x, rows["label"].to_numpy()[idx] if len(idx) else np.array([])
-
-    train_crops, train_labels = centre(train, train_rows)
-    val_crops, val_labels = centre(val, val_rows)
-    return ValData(pairs, train_crops, train_labels, val_crops, val_labels)
-
-
-@torch.no_grad()
-def validate(encoder: Encoder, data: ValData, cfg: TrainConfig, device: torch.device, autocast) -> dict[str, float]:
-    """Val NT-Xent on fixed augmented pairs, and k-NN accuracy of val centre crops against train ones."""
-    was_training = encoder.training
-    encoder.eval()
-
-    def embed(x: Tensor) -> np.ndarray:
-        out = []
-        for chunk in x.split(2 * cfg.batch_size):
-            with autocast:
-                out.append(encoder.embed(chunk.to(device)).float().cpu())
-        return torch.cat(out).numpy()
-
-    losses, sizes = [], []
-    for v1, v2, groups in data.pairs:
-        with autocast:
-            _, z = encoder(torch.cat([v1, v2]).to(device))
-        z1, z2 = z.float().chunk(2)
-        losses.append(float(nt_xent(z1, z2, cfg.temperature, groups.to(device))))
-        sizes.append(len(v1))
-    knn = float("nan")
-    if len(data.train_crops) and len(data.val_crops):
-        knn = knn_accuracy(embed(data.train_crops), data.train_labels, embed(data.val_crops), data.val_labels,
-                           k=cfg.knn_k)
-    encoder.train(was_training)
-    return {"val/ntxent": float(np.average(losses, weights=sizes)) if losses else float("nan"), "val/knn_acc": knn}
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints and logs
-
-
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -542,7 +145,7 @@ def _log_live(live, record: dict) -> None:
 def _summary(history: list[dict], timing: list[dict]) -> dict:
     """The final metrics: the last epoch, the best epoch (see `_score`), and throughput."""
     last = history[-1]
-    best = _best_epoch(history)
+    best = best_epoch(history)
     seconds = sum(t["seconds"] for t in timing)
     clips = sum(t["clips"] for t in timing)
     return {
@@ -566,31 +169,6 @@ def _init_from(path: str | os.PathLike, enc_cfg: EncoderConfig, mel: MelConfig) 
     return encoder.state_dict(), norm
 
 
-def _score(record: dict) -> float:
-    """Model selection: the lowest val NT-Xent, label-free like the training itself; without a val split,
-    the last epoch. (Val k-NN accuracy over a few dozen val tracks is too noisy from epoch to epoch to pick
-    by; the val loss falls steadily. README, "What changed the numbers".)"""
-    ntxent = record["val/ntxent"]
-    return -ntxent if math.isfinite(ntxent) else float(record["epoch"])
-
-
-def _best_epoch(history: list[dict]) -> dict:
-    best = history[0]
-    for record in history[1:]:
-        if _score(record) > _score(best):  # ties keep the earlier epoch
-            best = record
-    return best
-
-
-def _patience_over(history: list[dict], patience: int) -> bool:
-    """Early stopping: `patience` epochs have passed since the best one (never without a val split)."""
-    return patience > 0 and bool(history) and history[-1]["epoch"] - _best_epoch(history)["epoch"] >= patience
-
-
-# --------------------------------------------------------------------------------------------------
-# The loop
-
-
 def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: str | os.PathLike,
           progress: bool = True, resume: bool = True, max_epochs: Optional[int] = None,
           init: Optional[str | os.PathLike] = None) -> dict:
@@ -605,8 +183,8 @@ def train(config: TrainConfig | dict, tracks_csv: str | os.PathLike, out_dir: st
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     out = Path(out_dir)
     device_type = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    d = _init_distributed(device_type)
-    device = process_device(cfg.device, d.local_rank)
+    d = init_distributed(device_type)
+    device = process_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -634,14 +212,14 @@ def _train(cfg: TrainConfig, tracks_csv, out: Path, progress: bool, resume: bool
 
     end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
     for epoch in range(start_epoch, end_epoch):
-        if _patience_over(history, cfg.patience):
+        if patience_over(history, cfg.patience):
             log.info("early stop after epoch %d: no better val NT-Xent in %d epochs", epoch, cfg.patience)
             break
         run.net.train()
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "ntxent": 0.0, "kmeans": 0.0}
         batches = epoch_batches(cfg.seed, epoch, len(data.train_set), cfg.batch_size, data.epoch_steps)
-        bar = tqdm(_loader(data.train_set, batches, d, cfg.num_workers, device.type == "cuda"), total=data.epoch_steps,
+        bar = tqdm(loader(data.train_set, batches, d, cfg.num_workers, device.type == "cuda"), total=data.epoch_steps,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not progress)
         for v1, v2, groups in bar:
             ntx, km = train_step(run, cfg, v1, v2, groups, d, device, step, epoch)
@@ -732,7 +310,7 @@ def build_data(cfg: TrainConfig, tracks_csv, progress: bool, state: Optional[dic
     recipe = choose_recipe(train_rows, cfg.recipe)
     train_set = pair_dataset(train_crops, train_rows, recipe, cfg, augment, norm)
     val_set = pair_dataset(val_crops, val_rows, recipe, cfg, augment, norm)
-    val_data = _val_data(train_crops, train_rows, val_crops, val_rows, val_set, cfg, norm)
+    val_data = build_val_data(train_crops, train_rows, val_crops, val_rows, val_set, cfg, norm)
     epoch_steps = steps_per_epoch(len(train_set), cfg)
     log.info("recipe %s: %d training groups (%d tracks), %d steps per epoch, %d in all", recipe, len(train_set),
              len(train_rows), epoch_steps, epoch_steps * cfg.epochs)
@@ -747,13 +325,13 @@ def build_run(cfg: TrainConfig, data: TrainData, device: torch.device, d: Dist) 
     encoder = Encoder(enc_cfg)
     kmeans = None
     if cfg.kmeans_lambda > 0:
-        kmeans = KMeansLoss(cfg.kmeans_k, enc_cfg.embed_dim, cfg.kmeans_mode, _generator(cfg.seed, _KMEANS))
+        kmeans = KMeansLoss(cfg.kmeans_k, enc_cfg.embed_dim, cfg.kmeans_mode, generator(cfg.seed, KMEANS_STREAM))
     model = Contrastive(encoder, kmeans).to(device)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     total_steps = data.epoch_steps * cfg.epochs
     warmup = round(cfg.warmup_epochs * data.epoch_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total_steps, cfg.min_lr_ratio))
-    autocast, amp_dtype = _autocast(device, cfg.precision)
+    autocast, amp_dtype = autocast_context(device, cfg.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.world > 1 else model
@@ -785,7 +363,7 @@ def train_step(run: Run, cfg: TrainConfig, v1: Tensor, v2: Tensor, groups: Tenso
     with run.autocast:
         e, z, km = run.net(x)
     z1, z2 = z.float().chunk(2)
-    ntx = nt_xent(_gather(z1, d), _gather(z2, d), cfg.temperature, _gather(groups.to(device), d))
+    ntx = nt_xent(gather(z1, d), gather(z2, d), cfg.temperature, gather(groups.to(device), d))
     # each process holds the gradient through its own slice; DDP averages, so scale by world
     loss = ntx * d.world + cfg.kmeans_lambda * km
     if not torch.isfinite(loss):
@@ -800,7 +378,7 @@ def train_step(run: Run, cfg: TrainConfig, v1: Tensor, v2: Tensor, groups: Tenso
     run.scaler.update()
     run.scheduler.step()
     if run.kmeans is not None:
-        run.kmeans.update(_gather(e.detach().float().chunk(2)[0], d))  # one view per pair
+        run.kmeans.update(gather(e.detach().float().chunk(2)[0], d))  # one view per pair
     return float(ntx.detach()), float(km.detach())
 
 
@@ -809,7 +387,7 @@ def _epoch_record(run: Run, data: TrainData, cfg: TrainConfig, epoch: int, step:
     """The end of an epoch: its mean training losses (over processes) and the validation metrics."""
     record = {"epoch": epoch + 1, "step": step, "lr": run.scheduler.get_last_lr()[0]}
     for name, total in sums.items():
-        record[f"train/{name}"] = _all_mean(total / data.epoch_steps, d, device)
+        record[f"train/{name}"] = all_mean(total / data.epoch_steps, d, device)
     record.update(validate(run.model.encoder, data.val_data, cfg, device, run.autocast))
     return record
 
@@ -830,7 +408,7 @@ def _save_checkpoints(out: Path, run: Run, data: TrainData, cfg: TrainConfig, ep
         extra={"kmeans": run.kmeans.state_dict() if run.kmeans is not None else None,
                "scaler": run.scaler.state_dict()},
     )
-    if _best_epoch(history) is history[-1]:
+    if best_epoch(history) is history[-1]:
         shutil.copyfile(last, out / ".best.pt.tmp")
         os.replace(out / ".best.pt.tmp", out / "best.pt")
 
@@ -859,50 +437,3 @@ def _finish(out: Path, cfg: TrainConfig, data: TrainData, history: list[dict], t
         live.end()
         write_metrics(out / "metrics.json", summary)
     return {**summary, "history": history}
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-def config_from_params(params_file: str | os.PathLike, variant: Optional[str] = None,
-                       seed: Optional[int] = None, section: str = "train") -> TrainConfig:
-    """The TrainConfig of a study: the `train` section (or `pretrain`, the shipped encoder's recipe), the
-    architecture of `model`, the front end of `frontend`, and the variant and seed of one run (the study's matrix)."""
-    recipe = load_params(params_file, section)
-    misplaced = sorted({"model", "frontend"} & set(recipe))
-    if misplaced:
-        raise UsageError(f"{params_file}: {misplaced} in the '{section}' section: they are sections of their own")
-    values = {**recipe, "model": load_params(params_file, "model"), "frontend": load_params(params_file, "frontend")}
-    values.update({k: v for k, v in (("variant", variant), ("seed", seed)) if v is not None})
-    return parse_section(params_file, section, TrainConfig.from_dict, values)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    config = config_from_params(args.params, args.variant, args.seed)
-    resolve_device(config.device)
-    check_input_file(args.tracks, "tracks table")
-    check_output(args.out, folder=True)
-    if args.init:
-        check_input_file(checkpoint_path(args.init), "--init checkpoint")
-    metrics = train(config, args.tracks, args.out, progress=not args.quiet, resume=not args.fresh, init=args.init)
-    if metrics:
-        print(f"{config.variant}: val NT-Xent {metrics['val_ntxent']:.3f}, k-NN {metrics['val_knn_acc']:.3f} (best epoch "
-              f"{metrics['best_epoch']}: {metrics['best_val_ntxent']:.3f}, {metrics['best_val_knn_acc']:.3f}), "
-              f"{metrics['clips_per_s']:.1f} clips/s -> {args.out}")
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add `cml train --params params.yaml --variant NAME --tracks tracks.csv --out DIR`."""
-    p = subparsers.add_parser("train")
-    p.add_argument("--params", default="params.yaml", help="params file: its train, model and frontend sections")
-    p.add_argument("--variant", help="positional variant; overrides train.variant")
-    p.add_argument("--seed", type=int, help="overrides train.seed")
-    p.add_argument("--tracks", default="outputs/tracks/tracks.csv", help="track table with a split column")
-    p.add_argument("--out", required=True, help="output folder: last.pt, best.pt, live/, metrics.json")
-    p.add_argument("--fresh", action="store_true", help="ignore a last.pt in --out and start again")
-    p.add_argument("--init", metavar="CHECKPOINT", help="fine-tune from this checkpoint's encoder (same variant and model); "
-                                                            "pretrained: the encoder shipped with cml")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_train)

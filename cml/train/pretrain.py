@@ -24,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cml.model.checkpoint import PRETRAINED_CHECKPOINT, read_checkpoint
-from cml.errors import check_output
 from cml.data.pool import POOL, build_pool, pool_dir
 from cml.data.soundtracks import sha256_file
+from cml.errors import check_output
+from cml.model.checkpoint import PRETRAINED_CHECKPOINT, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def pretrain_tracks(pool: str | Path) -> pd.DataFrame:
 
 def pretrain_config(params_file: str | Path):
     """The pretraining TrainConfig: the `pretrain` section, with the study's `model` and `frontend`."""
-    from cml.train.loop import config_from_params
+    from cml.train.config import config_from_params
 
     return config_from_params(params_file, section=SECTION)
 

@@ -230,7 +230,7 @@ export async function mount(root, transport) {
   root.dataset.ready = "true";
 }
 
-// anywidget entry point (the notebook widget, cml.map_widget)
+// anywidget entry point (the notebook widget, cml.playlist.widget)
 export default {
   async render({ model, el }) {
     const transport = commTransport(model);
