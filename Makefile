@@ -8,7 +8,7 @@ BIN := $(CURDIR)/$(VENV)/bin
 INSTALLED := $(VENV)/.cml-installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system data repro soundtracks pool pretrain test lab bench clean
+.PHONY: setup system data repro soundtracks pool pretrain test test-fast lab bench clean
 
 setup: system $(INSTALLED)  ## install system packages and the Python environment
 
@@ -55,11 +55,14 @@ pretrain: pool  ## pretrain the shipped encoder on the pool and ship it: about 1
 test: setup  ## run the test suite, including an end-to-end pipeline run
 	$(VENV)/bin/python -m pytest -q
 
+test-fast: setup  ## the developer's loop: every test but the end-to-end pipeline runs (under 3 min)
+	$(VENV)/bin/python -m pytest -q -m "not e2e"
+
 lab: setup  ## open JupyterLab on the notebooks
 	jupyter lab notebooks/
 
-bench: setup  ## run the benchmarks (numbers go into README.md)
+bench: setup  ## run the benchmarks (numbers go into benchmarks/<study>/README.md)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(VENV)/bin/python $$b; done
 
-clean:  ## remove pipeline outputs (not the venv)
-	rm -rf outputs
+clean:  ## remove the pipeline outputs DVC caches (not the committed metrics, not the venv)
+	git clean -fdXq outputs

@@ -24,7 +24,7 @@ computed once per n (not timed).
 (`cluster`: rows L2-normalised, k = the number of blobs, DBSCAN's eps from the k-distance knee, all timed), first
 put to the grid's guard (`too_costly`): what it skips is listed with its reason and not run, the rest runs in a
 fresh process (scikit-learn workers capped at ``--max-gib`` of address space), next to the guard's estimate.
-``--force`` runs everything (how the guard's base points in ``cml.cluster.methods.COSTS`` were measured),
+``--force`` runs everything (how the guard's base points in ``cml.cluster.costs.COSTS`` were measured),
 ``--dry-run`` nothing (the estimates alone, e.g. at a million rows).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_clustering.py --grid --sizes 100000       # the README's table

@@ -2,12 +2,12 @@
 
 Run in the study's repository after `dvc repro` (or `dvc exp apply`): python benchmarks/seed_table.py OUT_DIR
 Writes OUT_DIR/scores-per-seed.csv and OUT_DIR/mean-std.csv, scored as the Compare notebook scores
-(`cml.evaluation.score_runs`), with the variants and seeds of params.yaml's `study` section.
+(`cml.evaluation.scores.score_runs`), with the variants and seeds of params.yaml's `study` section.
 """
 import sys
 from pathlib import Path
 
-from cml.evaluation import score_runs
+from cml.evaluation.scores import score_runs
 from cml.params import load_params
 from cml.tables import read_tracks
 

@@ -26,7 +26,7 @@ COMMANDS = {
     "train": ("train.cli", "train a contrastive encoder (one positional variant)"),
     "pretrain": ("train.pretrain", "pretrain the shipped encoder on the pool (resumable), and ship it"),
     "embed": ("embed.cli", "one embedding per track (the mean of windows of 8x the training crop) as a feature table"),
-    "evaluate": ("evaluation", "k-NN, linear-probe, NMI and ARI of a feature table (the Compare notebook's scores)"),
+    "evaluate": ("evaluation.cli", "k-NN, linear-probe, NMI and ARI of a feature table (the Compare notebook's scores)"),
     "neighbours": ("search.index", "the nearest tracks of a track in a feature table, with their paths"),
     "cluster": ("cluster.cli", "cluster a feature table (ELKI, k-means, DBSCAN, HDBSCAN)"),
     "playlist": ("playlist.cli", "a playlist from the convex hull of seed tracks in a feature table"),

@@ -20,9 +20,9 @@ def sections() -> dict[str, type]:
     from cml.audio.mel import MelConfig
     from cml.cluster.grid import ClusterTestingConfig
     from cml.data.corpus import CorpusConfig
-    from cml.data.tracks import TracksConfig
-    from cml.evaluation import EvaluateConfig
     from cml.data.features import DataAnalysisConfig, FeaturesConfig
+    from cml.data.tracks import TracksConfig
+    from cml.evaluation.scores import EvaluateConfig
     from cml.model.encoder import EncoderConfig
     from cml.model.musicnn import MusicnnConfig
     from cml.playlist.hull import PlaylistsConfig

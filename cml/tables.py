@@ -300,17 +300,23 @@ def take_rows(table: FeatureTable, rows: np.ndarray) -> FeatureTable:
 def check_directions(table: FeatureTable, source: object, *, drop_invalid: bool = False) -> FeatureTable:
     """The table, checked before its rows are L2-normalised: a row of length zero has no direction
     (`l2_normalise` would leave it at the origin, at distance 1 from every unit row, so it would join
-    clusters and playlists at random). It is named in a FeatureTableError, or with ``drop_invalid`` dropped
-    and named in the log."""
-    zero = np.linalg.norm(table.X, axis=1) == 0
-    if not zero.any():
-        return table
-    message = (f"{source}: {zero.sum()} rows of length zero have no direction to L2-normalise, "
-               f"ids: {preview(table.ids[zero])}")
-    if not drop_invalid:
-        raise FeatureTableError(f"{message} (--drop-invalid, or drop_invalid=True, drops them)")
-    log.warning("%s: dropped", message)
-    return take_rows(table, np.flatnonzero(~zero))
+    clusters and playlists at random), and a finite row whose squared length overflows float64 (values beyond
+    ~1e154) has length inf (scaling would make it zero). They are named in a FeatureTableError, or with
+    ``drop_invalid`` dropped and named in the log."""
+    with np.errstate(over="ignore"):
+        length = np.linalg.norm(table.X, axis=1)
+    problems = {"of length zero have no direction to L2-normalise": length == 0,
+                "too large to L2-normalise (their squared length overflows float64)": np.isinf(length)}
+    bad = np.zeros(len(table.ids), bool)
+    for what, rows in problems.items():
+        if not rows.any():
+            continue
+        message = f"{source}: {rows.sum()} rows {what}, ids: {preview(table.ids[rows])}"
+        if not drop_invalid:
+            raise FeatureTableError(f"{message} (--drop-invalid, or drop_invalid=True, drops them)")
+        log.warning("%s: dropped", message)
+        bad |= rows
+    return take_rows(table, np.flatnonzero(~bad)) if bad.any() else table
 
 
 def add_table_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from cml.audio.mel import LogMel, MelConfig, iter_blocks, load_audio, track_logmel
+from cml.audio.files import open_audio
+from cml.audio.mel import DECODE_ERRORS, LogMel, MelConfig, audio_info, iter_blocks, load_audio, track_logmel
 from cml.data.scan import register_cli, scan_audio, write_skip_report
 
 # (extension, soundfile format, subtype, sample rate the format accepts)
@@ -308,7 +309,7 @@ def test_skip_report_and_cli(tmp_path, capsys):
     report, out = tmp_path / "rep/skipped.csv", tmp_path / "tracks.csv"
     write_skip_report(scan_audio(tmp_path / "audio", progress=False).skipped, report)
     rows = pd.read_csv(report)
-    assert list(rows.columns) == ["path", "reason"] and len(rows) == len(bad)
+    assert list(rows.columns) == ["id", "path", "reason"] and rows["id"].isna().all() and len(rows) == len(bad)
 
     parser = argparse.ArgumentParser(prog="cml")
     register_cli(parser.add_subparsers())
@@ -317,3 +318,57 @@ def test_skip_report_and_cli(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert f"{len(good)} tracks" in stdout and f"{len(bad)} skipped" in stdout
     assert len(pd.read_csv(out)) == len(good)
+
+
+# --------------------------------------------------------------------------------------------------
+# A path that is no audio file says so (libsndfile says "System error" for all of these)
+
+
+@pytest.mark.parametrize("read", [
+    lambda p: audio_info(p),
+    lambda p: load_audio(p),
+    lambda p: load_audio(p, offset=1.0, duration=0.5),
+    lambda p: list(iter_blocks(p, 1.0, 16000)),
+    lambda p: track_logmel(p),
+    lambda p: open_audio(p),
+], ids=["audio_info", "load_audio", "load_audio_crop", "iter_blocks", "track_logmel", "open_audio"])
+def test_a_missing_file_is_no_such_file_not_a_system_error(tmp_path, read):
+    missing = tmp_path / "gone.ogg"
+    with pytest.raises(FileNotFoundError, match=r"^no such file: .*gone\.ogg$") as err:
+        read(missing)
+    assert isinstance(err.value, DECODE_ERRORS)  # callers that skip-and-report still catch it
+
+
+def test_a_folder_or_an_unreadable_file_says_which(tmp_path, monkeypatch):
+    with pytest.raises(IsADirectoryError, match="a folder, not an audio file"):
+        open_audio(tmp_path)
+    locked = tmp_path / "locked.wav"
+    write(locked, music(1.2, 16000), 16000)
+
+    def refuse(*args, **kwargs):  # what libsndfile raises for an unreadable file (root reads anything: faked)
+        raise sf.LibsndfileError(2, "System error")
+
+    monkeypatch.setattr(sf, "SoundFile", refuse)
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    with pytest.raises(PermissionError, match="not readable"):
+        open_audio(locked)
+
+
+def test_scan_says_no_such_file_for_a_file_gone_since_the_listing_and_broken_symlink_for_a_link(tmp_path, monkeypatch):
+    import cml.data.scan
+
+    write(tmp_path / "a/x.wav", music(1.2, 16000), 16000)
+    write(tmp_path / "a/gone.wav", music(1.2, 16000), 16000)
+    os.symlink(tmp_path / "nowhere.wav", tmp_path / "a/link.wav")
+    real_walk = cml.data.scan._walk
+
+    def walk_then_delete(root, skip):
+        files = real_walk(root, skip)
+        (tmp_path / "a/gone.wav").unlink()  # removed while the scan runs
+        return files
+
+    monkeypatch.setattr(cml.data.scan, "_walk", walk_then_delete)
+    result = scan_audio(tmp_path, progress=False)
+    reasons = {Path(p).name: r for p, r in zip(result.skipped["path"], result.skipped["reason"])}
+    assert result.tracks["id"].tolist() == ["a/x"]
+    assert reasons == {"gone.wav": "no such file (gone since the folder was listed)", "link.wav": "broken symlink"}

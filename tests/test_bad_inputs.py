@@ -18,7 +18,7 @@ from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.cli import main
 from cml.embed.tracks import estimate_normalizer
 from cml.model.encoder import EncoderConfig
-from cml.data.scan import scan_audio
+from cml.data.scan import length_slack, scan_audio
 from cml.tables import read_feature_table, read_tracks, write_feature_table
 from cml.train.data import readable_crops
 from cml.train.loop import train
@@ -109,6 +109,52 @@ def test_scan_skips_bad_audio_with_what_is_wrong_and_keeps_every_good_file(tmp_p
         assert fragment in reasons[str(path)], (path, reasons[str(path)])
         assert "\n" not in reasons[str(path)]
     assert len(result.tracks) + len(result.skipped) == len(good) + 1 + len(bad)  # nothing lost, nothing twice
+
+
+def test_ogg_tolerance_is_a_tenth_of_a_second_plus_one_percent_and_mp3_s_two_frames():
+    assert length_slack("OGG/VORBIS", 44100, 10 * 44100) == 8820  # 0.1 s + 1 % of 10 s: 5,806 short is kept
+    assert length_slack("OGG/VORBIS", 44100, 3 * 44100) == 5733  # a 3-s file 0.2 s (8820) short is truncated
+    assert length_slack("OGG", 48000) == 4800
+    assert length_slack("MP3/MPEG_LAYER_III", 44100, 10 * 44100) == 2 * 1152  # MP3 lengths are exact to a frame
+    assert length_slack("WAV/PCM_16", 44100, 10 * 44100) == 0
+
+
+def test_scan_keeps_an_ogg_a_few_packets_short_with_a_note_and_skips_real_truncation(tmp_path, caplog):
+    """A real Vorbis release decodes 5,806 frames (0.13 s) short of its header and plays in full everywhere:
+    such a file is kept, with a note in the log. A header that promises twice the data, and an MP3 cut in half, are not."""
+    root = tmp_path / "audio"
+    root.mkdir()
+    short = tone(root / "short.ogg", seconds=10.0, sr=44100, format="OGG", subtype="VORBIS")
+    set_ogg_length(short, 5806)
+    shortfall = sf.info(short).frames - len(sf.read(short)[0])  # less than 5,806: the last packet's padding decodes
+    assert 0.1 * 44100 < shortfall < 5806  # more than the old tolerance (0.1 s) accepted
+    half = tone(root / "half.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    set_ogg_length(half, 3 * 44100)
+    mp3 = tone(tmp_path / "cut.mp3", seconds=10.0, sr=44100, format="MP3", subtype="MPEG_LAYER_III").read_bytes()
+    (root / "cut.mp3").write_bytes(mp3[:len(mp3) // 2])
+    with caplog.at_level("INFO", logger="cml.data.scan"):
+        result = scan_audio(root, progress=False)
+    assert result.tracks["id"].tolist() == ["short"]
+    assert result.tracks["duration"].iloc[0] == (sf.info(short).frames - shortfall) / 44100  # as decoded
+    reasons = {Path(p).name: r for p, r in zip(result.skipped["path"], result.skipped["reason"])}
+    assert set(reasons) == {"half.ogg", "cut.mp3"} and all(r.startswith("truncated") for r in reasons.values())
+    notes = [r.getMessage() for r in caplog.records if "short.ogg" in r.getMessage()]
+    assert len(notes) == 1 and f"decoded {44100 * 10 + 5806 - shortfall} of the 446806 frames" in notes[0], notes
+
+
+def test_embed_of_a_folder_keeps_the_ogg_a_few_packets_short_too(tmp_path):
+    """`cml embed AUDIO_DIR` reads headers only and finds truncation while decoding: the same tolerance."""
+    root = tmp_path / "audio"
+    root.mkdir()
+    set_ogg_length(tone(root / "short.ogg", seconds=10.0, sr=44100, format="OGG", subtype="VORBIS"), 8000)  # 0.18 s
+    set_ogg_length(tone(root / "half.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS"), 3 * 44100)
+    out, skipped = tmp_path / "emb.parquet", tmp_path / "skipped.csv"
+    tiny = [a for s in ("dim=16", "depth=1", "heads=2", "embed_dim=8", "proj_dim=8") for a in ("--set", s)]
+    assert main(["embed", "untrained:none", str(root), "--out", str(out), "--skipped", str(skipped), "--quiet",
+                 "--device", "cpu", "--no-cache", "--workers", "0", *tiny]) == 0
+    assert read_feature_table(out).ids.tolist() == ["short"]
+    report = pd.read_csv(skipped)
+    assert [Path(p).name for p in report["path"]] == ["half.ogg"] and report["reason"][0].startswith("truncated")
 
 
 def test_embed_of_a_folder_decodes_each_file_once_and_still_reports_every_bad_one(tmp_path, monkeypatch, capsys):

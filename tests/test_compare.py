@@ -3,8 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cml.evaluation import (crop_tables, length_extrapolation, run_length_extrapolation, score_runs, score_space,
-                            score_table, track_rows)
+from cml.evaluation.scores import crop_tables, length_extrapolation, run_length_extrapolation, score_runs, score_space, score_table, track_rows
 from cml.tables import FeatureTableError, write_feature_table
 
 
@@ -49,15 +48,18 @@ def test_score_runs_one_row_per_space(tmp_path):
     write_feature_table(tmp_path / "emb" / "musicnn" / "tracks.parquet", ids, noisy)
     write_feature_table(tmp_path / "hand.parquet", ids, X * [1, 1000, 1, 1, 1, 1, 1, 1])
     write_feature_table(tmp_path / "emb" / "pretrained" / "tracks.parquet", ids, X + rng.normal(0, 0.1, X.shape))
+    write_feature_table(tmp_path / "emb" / "finetuned" / "tracks.parquet", ids, X + rng.normal(0, 0.2, X.shape))
     runs = score_runs(tmp_path / "emb", ["a"], [0, 1], tmp_path / "hand.parquet", tracks)
     assert runs[["model", "kind", "seed"]].values.tolist() == [
         ["a", "contrastive", 0], ["a", "contrastive", 1], ["a", "untrained", 0], ["pretrained", "pretrained", 0],
-        ["musicnn", "baseline", 0], ["handcrafted", "baseline", 0]]
+        ["finetuned", "pretrained", 0], ["musicnn", "baseline", 0], ["handcrafted", "baseline", 0]]
     assert runs.loc[3, "nmi"] == score_table(tmp_path / "emb" / "pretrained" / "tracks.parquet", tracks)["nmi"]
+    assert runs.loc[4, "knn_acc_loo_all"] == score_table(tmp_path / "emb" / "finetuned" / "tracks.parquet",
+                                                         tracks)["knn_acc_loo_all"]
     musicnn = tmp_path / "emb" / "musicnn" / "tracks.parquet"
-    assert runs.loc[4, "knn_acc"] == score_table(musicnn, tracks, standardised=True)["knn_acc"]
-    assert runs.loc[4, "knn_acc"] != score_table(musicnn, tracks)["knn_acc"]
-    assert runs.loc[5, "knn_acc"] == score_table(tmp_path / "hand.parquet", tracks, standardised=True)["knn_acc"]
+    assert runs.loc[5, "knn_acc"] == score_table(musicnn, tracks, standardised=True)["knn_acc"]
+    assert runs.loc[5, "knn_acc"] != score_table(musicnn, tracks)["knn_acc"]
+    assert runs.loc[6, "knn_acc"] == score_table(tmp_path / "hand.parquet", tracks, standardised=True)["knn_acc"]
     with pytest.raises(FeatureTableError, match="b-s0/tracks.parquet: no such file"):
         score_runs(tmp_path / "emb", ["b"], [0], tmp_path / "hand.parquet", tracks)
 

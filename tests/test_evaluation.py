@@ -1,12 +1,15 @@
 import argparse
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cml import evaluation
-from cml.evaluation import evaluate_embeddings, kmeans_agreement, length_extrapolation, linear_probe_accuracy
+from cml.evaluation import scores as evaluation
+from cml.evaluation.cli import register_cli
+from cml.evaluation.probes import linear_probe_accuracy
+from cml.evaluation.scores import evaluate_embeddings, kmeans_agreement, length_extrapolation
 from cml.search.neighbours import exact_leave_group_out_knn_accuracy
 from cml.tables import standardise, write_feature_table
 
@@ -91,7 +94,7 @@ def test_length_extrapolation_table():
 
 def _run(argv):
     parser = argparse.ArgumentParser()
-    evaluation.register_cli(parser.add_subparsers(required=True))
+    register_cli(parser.add_subparsers(required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -227,3 +230,26 @@ def test_score_space_scores_every_track_and_keeps_a_piece_out_of_its_own_vote():
     z = evaluation.score_space(loud, tracks, standardised=True)
     assert z == evaluation.score_space(standardise(loud)[0], tracks)
     assert z["pc1_share"] < 0.7 < 0.95 < evaluation.score_space(loud, tracks)["pc1_share"]
+
+
+def test_cli_names_rows_too_large_to_normalise_and_drops_them_only_when_asked(tmp_path, capsys):
+    """Finite values whose squared length overflows (1e308) would be L2-scaled to a zero row and scored
+    silently: the same outcome as NaN rows instead, an error naming them or --drop-invalid dropping them."""
+    from cml.cli import main
+
+    X, y, split = blobs(classes=2)
+    X[[3, 40]] = 1e308
+    ids = [f"t{i}" for i in range(len(X))]
+    write_feature_table(tmp_path / "emb.parquet", ids, X, labels=y, extra={"split": split})
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", str(tmp_path / "emb.parquet"), "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no overflow warning leaks
+        assert main(argv) == 1
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("cml evaluate: error: ") and "\n" not in error
+        assert "2 rows too large" in error and "t3, t40" in error and "--drop-invalid" in error
+        assert not out.exists()
+        assert main([*argv, "--drop-invalid"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n_train"] + metrics["n_test"] == 54 - 2 and metrics["knn_acc"] == 1.0

@@ -1,7 +1,7 @@
 """The embeddings of the last pipeline run in this workspace are not organised by track length.
 
 Reads `outputs/evaluate/metrics.json` (the Compare notebook's `pc1_share` and `pc1_duration_rho` per space:
-`cml.evaluation.length_diagnostics`); skipped when the workspace holds no run (a fresh clone, CI). Run it after
+`cml.evaluation.scores.length_diagnostics`); skipped when the workspace holds no run (a fresh clone, CI). Run it after
 `make repro` or `make soundtracks`: on the soundtracks, the one-pass `sincos` embedding had its top principal
 direction on log duration (rho 0.84), the failure this guards against (README, "Real recordings").
 """

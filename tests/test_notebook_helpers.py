@@ -1,12 +1,14 @@
 import json
 import math
+import subprocess
+import sys
 
 import matplotlib
 import numpy as np
 import pytest
 
 from cml.errors import UsageError
-from cml.evaluation import lead_program, majority_rate, style_timbre_probe
+from cml.evaluation.probes import lead_program, majority_rate, style_timbre_probe
 from cml.search.neighbours import exact_knn_accuracy
 from cml.notebook import audio_excerpt, find_repo_root, listen, save_figure, write_metrics
 from cml.params import load_params
@@ -144,3 +146,30 @@ def test_listen_without_a_file_says_so(tmp_path, path):
     path = tmp_path / path if isinstance(path, str) else path
     with pytest.raises(FileNotFoundError, match="no local audio file: .*"):
         listen(path, 1.0)
+
+
+KERNEL = """
+import sys, types, warnings
+import IPython
+sys.modules["ipykernel.zmqshell"] = types.ModuleType("ipykernel.zmqshell")  # how tqdm.auto spots a Jupyter kernel
+if sys.argv[2] == "without":
+    sys.modules["ipywidgets"] = None  # not installed
+warnings.simplefilter("always")
+from cml.data.scan import scan_audio
+from cml.progress import tqdm
+from tqdm.notebook import tqdm_notebook
+scan_audio(sys.argv[1], progress=True)
+print(issubclass(tqdm, tqdm_notebook))
+"""
+
+
+@pytest.mark.parametrize("widgets", ["with", "without"])
+def test_progress_bars_in_a_kernel_warn_of_nothing_and_use_widgets_where_they_can(tmp_path, widgets):
+    """A notebook kernel without ipywidgets shows text bars, not tqdm.auto's red "IProgress not found"
+    warning; with ipywidgets, the widget bar."""
+    _ramp_wav(tmp_path / "a.wav", 2.0, 16000)  # a track to scan: the bar runs
+    run = subprocess.run([sys.executable, "-c", KERNEL, str(tmp_path), widgets], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr and "IProgress" not in run.stderr, run.stderr
+    assert run.stdout.split()[-1] == str(widgets == "with")  # before it: the bar, as IPython shows it outside a kernel

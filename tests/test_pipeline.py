@@ -126,6 +126,9 @@ def test_first_run_produces_corpus_tracks_features_notebook_and_metrics(repo: Pa
     comparison = json.loads((repo / "outputs/evaluate/metrics.json").read_text())
     assert {"contrastive/none", "contrastive/rope2d", "untrained/rope2d", "baseline/handcrafted"} <= set(comparison)
     assert set(comparison["contrastive/rope2d"]) >= {"knn_acc", "linear_acc", "nmi", "ari"}
+    assert {"pretrained/pretrained", "pretrained/finetuned"} <= set(comparison)  # the shipped encoder, both ways
+    tuned = json.loads((repo / "outputs/train/finetuned/metrics.json").read_text())
+    assert tuned["init"] == "pretrained" and notebook_errors(repo / "outputs/notebooks/Train-finetuned.ipynb") == []
     clusters = json.loads((repo / "outputs/cluster_testing/metrics.json").read_text())
     assert {"none-s0", "rope2d-s0", "untrained-rope2d", "handcrafted"} <= set(clusters)
     assert 0.0 <= clusters["rope2d-s0"]["elki-ward"]["nmi"] <= 1.0 and "noise_fraction" in clusters["none-s0"]["dbscan"]
@@ -159,7 +162,7 @@ def test_the_frontend_invalidates_exactly_the_stages_that_read_it(repo: Path):
     assert stale == {"features", "train@none-0", "train@rope2d-0", "embed_untrained@none", "embed_untrained@rope2d"}
     assert stale_stages(repo, {"model": {"heads": 4}}) == {"train@none-0", "train@rope2d-0", "embed_untrained@none",
                                                            "embed_untrained@rope2d"}
-    assert stale_stages(repo, {"train": {"epochs": 2}}) == {"train@none-0", "train@rope2d-0"}
+    assert stale_stages(repo, {"train": {"epochs": 2}}) == {"train@none-0", "train@rope2d-0", "finetune"}
 
 
 def test_changed_param_shows_in_metrics_diff(repo: Path):

@@ -16,6 +16,7 @@ from cml.embed.library import load_model
 from cml.errors import UsageError
 from cml.train.pretrain import pretrain, pretrain_config, pretrain_tracks, ship
 from cml.tables import read_feature_table
+from cml.train.config import config_from_params
 from cml.train.loop import train
 from test_train import TINY, make_tracks
 
@@ -65,6 +66,18 @@ def test_fine_tuning_starts_from_the_shipped_encoder(audio, tmp_path):
     shipped, _, shipped_norm = load_encoder(PRETRAINED_CHECKPOINT)
     assert tuned_norm == shipped_norm
     assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), tuned.state_dict().values()))
+
+
+def test_a_study_fine_tunes_with_the_shipped_architecture_whatever_its_model_section(tmp_path):
+    """The finetune stage runs on any study: its `model`/`frontend` sections (here a tiny model, a 2-D variant)
+    cannot fit the shipped weights, so fine-tuning takes the checkpoint's; the recipe stays the study's."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"model": {"dim": 32, "depth": 1, "heads": 2}, "frontend": {"n_mels": 32},
+                                      "train": {"epochs": 2}}))
+    shipped, mel, _ = load_encoder(PRETRAINED_CHECKPOINT)
+    cfg = config_from_params(params, variant="rope2d", init="pretrained")
+    assert cfg.encoder_config() == shipped.cfg and cfg.mel_config() == mel and cfg.epochs == 2
+    assert config_from_params(params, variant="rope2d").encoder_config().dim == 32  # from scratch: the study's
 
 
 def _tiny_pool(root, audio_csv):

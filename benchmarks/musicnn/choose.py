@@ -5,7 +5,7 @@
 Each model embeds every track once, all its layers at a time, as the mean over non-overlapping 3 s patches
 (the original package's patches; the last one aligned to the end) of its first `--max-seconds` — a
 fraction of the work of the half-overlapping patches over whole tracks that `cml embed musicnn` averages,
-enough to rank models and layers. Each layer is then scored by `cml.evaluation.score_space` (what
+enough to rank models and layers. Each layer is then scored by `cml.evaluation.scores.score_space` (what
 `cml evaluate` and the Compare notebook report), raw and z-scored.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cml.audio.mel import track_logmel
-from cml.evaluation import score_space
+from cml.evaluation.scores import score_space
 from cml.model.encoder import chunk_windows
 from cml.model.musicnn import LAYERS, MODELS, MUSICNN_MEL, PATCH_FRAMES, load_musicnn
 from cml.tables import read_tracks

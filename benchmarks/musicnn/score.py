@@ -4,8 +4,8 @@ and the ClusterTesting grid of the space alone.
 
     python benchmarks/musicnn/score.py TABLE --tracks TRACKS_CSV --out-dir DIR [--transfer LIBRARY_CSV]
 
-Writes DIR/scores.json (every score of `cml.evaluation.score_space`), DIR/transfer.json (the library's rows
-only) and DIR/cluster_testing-grid.csv (`cml.cluster.methods.run_grid` with ClusterTesting's defaults).
+Writes DIR/scores.json (every score of `cml.evaluation.scores.score_space`), DIR/transfer.json (the library's rows
+only) and DIR/cluster_testing-grid.csv (`cml.cluster.grid.run_grid` with ClusterTesting's defaults).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from cml.cluster.grid import ClusterTestingConfig, load_tables, run_grid
-from cml.evaluation import score_space, track_rows
+from cml.evaluation.scores import score_space, track_rows
 from cml.tables import read_feature_table, read_tracks
 
 NAME = "musicnn"

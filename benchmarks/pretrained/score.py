@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cml.evaluation import kmeans_agreement
+from cml.evaluation.scores import kmeans_agreement
 from cml.search.neighbours import exact_leave_group_out_knn_accuracy
 from cml.tables import read_feature_table, read_tracks, standardise
 

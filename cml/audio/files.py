@@ -1,7 +1,7 @@
-"""Exact sequential reads of an audio file with libsndfile, without torch.
+"""Opening an audio file and exact sequential reads of it with libsndfile, without torch.
 
 Shared by the loader (`cml.audio.mel`, which resamples with torchaudio) and the scanner (`cml.data.scan`, which
-must start without torch): one copy of the block reader both decode with.
+must start without torch): one copy of the opener and the block reader both decode with.
 """
 
 from __future__ import annotations

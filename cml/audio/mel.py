@@ -145,7 +145,7 @@ class MelConfig:
     sample_rate: int = 16000  # Hz; every track is resampled to this
     n_fft: int = 2048  # 128 ms window: 7.8 Hz bins separate the partials of neighbouring semitones from
     #   ~130 Hz up; a 25 ms window (400, 40 Hz bins) blurs them below ~700 Hz, where most melodies and
-    #   all bass lines lie, and the encoders learned less style from it (README, "What changed the numbers")
+    #   all bass lines lie, and the encoders learned less style from it
     hop_length: int = 160  # 10 ms hop: 100 frames per second
     n_mels: int = 64  # mel bands
     f_min: float = 30.0  # Hz; below is rumble and DC offset, not music

@@ -33,12 +33,12 @@ MEMORY_SHARE = elki.MEMORY_SHARE  # ... or whose memory estimate passes this sha
 class Cost:
     """How one method's cost grows with the rows: the guard's model (`estimate`, `too_costly`).
 
-    Measured by ``benchmarks/bench_clustering.py --grid`` (README, "Clustering at scale"): `cluster` on
+    Measured by ``benchmarks/bench_clustering.py --grid``: `cluster` on
     L2-normalised 128-d Gaussian blobs, 10 centres, one thread, ELKI's JVM start-up and text exchange
     included; each base point is the largest size measured. ``exponent`` is the order of growth: 2 where
     every pair of rows is compared (the linkages; both HDBSCANs' minimum spanning tree, Prim's, whatever
     index finds the core distances; scikit-learn's k-distance eps and DBSCAN neighbourhoods, brute force
-    above 15 dims), 1 for k-means; the measured slopes between 10,000 and 100,000 rows agree (README). ELKI's
+    above 15 dims), 1 for k-means; the measured slopes between 10,000 and 100,000 rows agree. ELKI's
     DBSCAN, whose cover tree prunes less as the rows grow, has its fitted slope.
     """
 
@@ -63,7 +63,7 @@ COSTS = {
     "kmeans": Cost(2.8, 100_000, 1, 1),
     "dbscan": Cost(176.4, 100_000, 2, 4),  # + its neighbourhood lists, sized from the data (`dbscan_lists_mb`)
     "hdbscan": Cost(69.6, 20_000, 2, 1),
-    # cml.cluster.hierarchy on both cores of a quiet machine (benchmarks/hierarchy/README.md): its two passes over the
+    # cml.cluster.hierarchy on both cores of a quiet machine (benchmarks/bench_hierarchy.py): its two passes over the
     # distance matrix are quadratic; the k-NN graph's index is linear (those two measured at load ~10).
     "mst-single": Cost(35.7, 100_000, 2, 4),
     "mst-hdbscan": Cost(36.5, 100_000, 2, 4),
@@ -88,7 +88,7 @@ def estimate(method: str, n: int, d: int = 128) -> tuple[float, float]:
     `COSTS`. Time scales with d above 128 (distances cost d operations) but is not reduced below it. Memory:
     the input table and its float64 and L2-normalised copies in Python, the method's own working set, and
     for ELKI the JVM heap it is given (`elki.heap_need_mb`, with the n^2/2 matrix for Anderberg). At 100,000 rows
-    the measured peaks stay below these estimates (README)."""
+    the measured peaks stay below these estimates."""
     cost = COSTS[method]
     seconds = cost.seconds * (n / cost.rows) ** cost.exponent * max(1.0, d / 128)
     mib = PYTHON_MB + (3 + cost.copies) * _table_mb(n, d)

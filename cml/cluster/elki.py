@@ -22,6 +22,9 @@ complete output, stack trace included.
 
 Distances: Euclidean, except Ward linkage and k-means, which ELKI runs on squared Euclidean distance
 (Ward's Lance-Williams update is only correct there); Ward heights are converted to scipy's convention.
+
+One module, over 400 lines: it wraps one external program, and its command lines, output parser and
+memory guard change together when ELKI does.
 """
 
 from __future__ import annotations
@@ -442,7 +445,7 @@ def dbscan(X: np.ndarray, *, eps: float, min_pts: int = 5, timeout: float | None
     Its range queries go through a cover tree (``-db.index``, SimplifiedCoverTree): without an index every
     query scans all rows. On clustered 128-d rows it took 10 s instead of 60 s at 10,000 rows (a k-d tree:
     48 s) and 19 s instead of 168 s at 20,000, but it prunes less as the rows grow: 62 s at 40,000, more
-    than 9 minutes at 100,000 (README, "Clustering at scale").
+    than 9 minutes at 100,000.
     """
     X = check_finite(X)
     if not (math.isfinite(eps) and eps > 0):

@@ -7,9 +7,9 @@ of length; HDBSCAN*'s flat clusters are scikit-learn's own condensed-tree select
 that dendrogram, so they are the reference's by construction.
 
 Why our own MST: exact single linkage is n^2 d / 2 multiply-adds, which BLAS does in a fraction of a second
-at 20,000 x 128. No maintained library reaches that in 128 dimensions (``benchmarks/hierarchy/README.md``):
-fastcluster, scipy and scikit-learn compute distances one pair at a time (8-10x our time at 20k); scikit-learn's
-HDBSCAN and fast_hdbscan prune with k-d or ball trees, which prune little in 128 dimensions (11x, 3x). The
+at 20,000 x 128. No maintained library reaches that in 128 dimensions: fastcluster, scipy and scikit-learn
+compute distances one pair at a time; scikit-learn's HDBSCAN and fast_hdbscan prune with k-d or ball trees,
+which prune little in 128 dimensions (`benchmarks/bench_hierarchy.py` compares them). The
 hdbscan package's Boruvka over a k-d tree came closest (2x), on ten far-apart blobs, its best case.
 
 Exact (:func:`exact_mst`), Boruvka's algorithm with certified candidate lists: every row keeps the k rows
@@ -25,7 +25,7 @@ any of them may be chosen, as with any tie (every MST of the same graph has the 
 so the merge heights are identical; flat clusters can differ only at tied heights). HDBSCAN*'s mutual
 reachability ties by construction (a row reaches every neighbour inside its core distance at exactly that
 distance): there the flat clusters depend on the order of tied merges, in scikit-learn's too, whose result
-changes with the order of the rows (benchmarks/hierarchy/README.md, "HDBSCAN* and ties").
+changes with the order of the rows.
 
 Approximate (:func:`knn_mst`), for libraries beyond what a quadratic pass allows: the MST of the k-NN graph
 that ``cml.search.index.Index`` finds (faiss IVF above its exact threshold; cosine on unit rows, so

@@ -12,6 +12,9 @@ stops the build before anything is rendered.
 
 ``corpus.source: soundtracks`` builds a different corpus in the same place, with the same files and stage:
 real released recordings (`cml.data.soundtracks`). `build_corpus` dispatches on the source.
+
+One module, over 400 lines: the corpus is one pipeline step (scores -> instruments -> FluidSynth), and its
+parts are only ever used together.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from cml.errors import CmlError, check_input_file, check_output, one_line
-from cml.params import Study, build, load_config, parse_section
 from cml.data.soundtracks import MANIFEST_COLUMNS as SOUNDTRACK_COLUMNS
 from cml.data.soundtracks import SOUNDTRACKS, build_soundtracks, check_labels
 from cml.data.sources import resolve_audio_dir, slug
+from cml.errors import CmlError, check_input_file, check_output, one_line
+from cml.params import Study, build, load_config, parse_section
 
 # music21 and pretty_midi are imported where they are used: music21 alone takes ~1 s to import,
 # which `cml --help` and every other stage should not pay.

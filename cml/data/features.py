@@ -30,11 +30,12 @@ import numpy as np
 import pandas as pd
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from tqdm.auto import tqdm
 
 from cml.audio.mel import MelConfig, load_audio
+from cml.data.scan import SKIP_COLUMNS
 from cml.errors import CmlError, check_input_file, check_output, one_line
 from cml.params import load_config
+from cml.progress import tqdm
 from cml.tables import read_tracks, write_feature_table
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def extract_features(
     features = pd.DataFrame(rows, columns=["id", *columns])
     features[columns] = features[columns].astype(np.float64)
     log.info("features (%s) for %d tracks, %d skipped", kind, len(features), len(skipped))
-    return features, pd.DataFrame(skipped, columns=["id", "path", "reason"])
+    return features, pd.DataFrame(skipped, columns=SKIP_COLUMNS)
 
 
 PROJECTIONS = ("pca", "tsne", "umap")  # the methods of `project_2d`

@@ -31,11 +31,18 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
-from cml.errors import CmlError, UsageError, check_output, count, one_line
 from cml.data.soundtracks import (
-    CACHE_ENV, SOUNDTRACKS, drop_duplicates, extract_members, fetch_deb, run_tasks, sha256_file, try_transcode,
+    CACHE_ENV,
+    SOUNDTRACKS,
+    drop_duplicates,
+    extract_members,
+    fetch_deb,
+    run_tasks,
+    sha256_file,
+    try_transcode,
 )
 from cml.data.sources import slug
+from cml.errors import CmlError, UsageError, check_output, count, one_line
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +313,7 @@ def _write(out_dir: Path, rows: list[dict], skipped: list[dict], heldout: tuple[
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Tracks, hours, split and licence per package (the README's table)."""
+    """Tracks, hours, split and licence per package (the README's credits table)."""
     by = table.groupby("label", sort=False)
     return pd.DataFrame({"tracks": by.size(), "hours": (by["duration"].sum() / 3600).round(2),
                          "split": by["split"].first(), "licence": by["licence"].first()})

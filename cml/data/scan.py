@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from tqdm.auto import tqdm
 
 from cml.audio.files import iter_frames, open_audio
 from cml.errors import UsageError, check_output, finite, one_line, positive
+from cml.progress import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ class ScanResult:
     """What `scan_audio` found: usable tracks and every file it skipped, with the reason."""
 
     tracks: pd.DataFrame  # id, path, label, duration, sample_rate, channels, format
-    skipped: pd.DataFrame  # path, reason
+    skipped: pd.DataFrame  # SKIP_COLUMNS; id is empty: a skipped file never became a track
 
 
 TRACK_COLUMNS = ["id", "path", "label", "duration", "sample_rate", "channels", "format"]
-SKIP_COLUMNS = ["path", "reason"]
+SKIP_COLUMNS = ["id", "path", "reason"]  # every skip report of tracks: scan, features, training, embedding
 
 
 def _walk(root: Path, skip: list[dict]) -> list[Path]:
@@ -187,12 +187,12 @@ def scan_audio(
         log.warning("scan of %s: %d tracks, %d files skipped", root, len(tracks), len(skipped))
     return ScanResult(
         tracks=pd.DataFrame(tracks, columns=TRACK_COLUMNS).sort_values("id", ignore_index=True),
-        skipped=pd.DataFrame(skipped, columns=SKIP_COLUMNS).sort_values("path", ignore_index=True),
+        skipped=pd.DataFrame(skipped, columns=SKIP_COLUMNS).sort_values("path", ignore_index=True).astype({"id": object}),
     )
 
 
 def write_skip_report(skipped: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write the skipped files as CSV (path, reason), one line per file; the header even if none."""
+    """Write the skipped files as CSV (SKIP_COLUMNS), one line per file; the header even if none."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     skipped[SKIP_COLUMNS].to_csv(path, index=False)

@@ -3,8 +3,7 @@
 Why: the default corpus is rendered from scores, so every sound in it comes from one SoundFont. Whether a
 representation works on real, produced music can only be seen on real recordings, and these are the
 labelled ones anybody can get: six free games' soundtracks, each packaged by Debian at a pinned version
-(label = the game; each soundtrack has its own composers, instruments and production). The README gives the
-counts and durations.
+(label = the game; each soundtrack has its own composers, instruments and production).
 
 Per package: find its .deb in the cache (``$CML_DEB_CACHE``, default ``~/.cache/cml/debs``) or fetch it
 with ``apt-get download`` (no root needed), check its version, extract only the music folders (not the
@@ -40,8 +39,8 @@ import soundfile as sf
 import soxr
 from tqdm import tqdm
 
-from cml.errors import CmlError, UsageError, one_line
 from cml.data.sources import slug
+from cml.errors import CmlError, UsageError, one_line
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cml.errors import CmlError, check_output
-from cml.params import Study, load_config
 from cml.data.scan import scan_audio, write_skip_report
 from cml.data.sources import resolve_audio_dir
 from cml.data.split import split_tracks
+from cml.errors import CmlError, check_output
+from cml.params import Study, load_config
 from cml.tables import TRACK_TEXT_COLUMNS, read_csv_text_ids
 
 log = logging.getLogger(__name__)

@@ -7,13 +7,32 @@ from pathlib import Path
 
 import pandas as pd
 
-from cml.data.scan import scan_audio
-from cml.embed.library import EmbedSettings, Shard, embed_library, open_model, split_rows
+from cml.data.scan import SKIP_COLUMNS, scan_audio
+from cml.embed.library import (
+    EmbedSettings,
+    Shard,
+    embed_library,
+    open_model,
+    split_rows,
+)
 from cml.embed.tracks import (
-    CROP_MULTIPLES, DEFAULT_CROP_SECONDS, DEFAULT_WORKERS, MODES, SKIP_COLUMNS, TRAINING_CROP, WINDOW_CROPS, Embedded,
+    CROP_MULTIPLES,
+    DEFAULT_CROP_SECONDS,
+    DEFAULT_WORKERS,
+    MODES,
+    TRAINING_CROP,
+    WINDOW_CROPS,
+    Embedded,
 )
 from cml.embed.tracks import __doc__ as tracks_doc
-from cml.errors import CmlError, UsageError, check_input_file, check_output, non_negative_int, positive
+from cml.errors import (
+    CmlError,
+    UsageError,
+    check_input_file,
+    check_output,
+    non_negative_int,
+    positive,
+)
 from cml.tables import check_table_suffix, part_path, read_tracks
 
 
@@ -27,7 +46,7 @@ def _read_tracks(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not Path(args.audio_dir).is_dir():
         raise UsageError(f"audio folder not found: {args.audio_dir}")
     scan = scan_audio(args.audio_dir, progress=not args.quiet, decode=False)  # each file is decoded once, below
-    return scan.tracks, scan.skipped.assign(id=None)[SKIP_COLUMNS]
+    return scan.tracks, scan.skipped
 
 
 def _check_options(args: argparse.Namespace) -> None:

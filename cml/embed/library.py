@@ -18,14 +18,36 @@ from threadpoolctl import threadpool_limits
 from cml.audio.mel import MelConfig
 from cml.embed.cache import EmbeddingCache, default_folder, model_key
 from cml.embed.tracks import (
-    CORES, DEFAULT_CROP_SECONDS, DEFAULT_WORKERS, MUSICNN, TRAINING_CROP, UNTRAINED, WINDOW_CROPS, Crops,
-    Embedded, embed_tracks, estimate_normalizer,
+    CORES,
+    DEFAULT_CROP_SECONDS,
+    DEFAULT_WORKERS,
+    MUSICNN,
+    TRAINING_CROP,
+    UNTRAINED,
+    WINDOW_CROPS,
+    Crops,
+    Embedded,
+    embed_tracks,
+    estimate_normalizer,
 )
 from cml.errors import CmlError, UsageError, one_line
-from cml.model.checkpoint import Normalizer, checkpoint_path, load_encoder, read_checkpoint, untrained_encoder
+from cml.model.checkpoint import (
+    Normalizer,
+    checkpoint_path,
+    load_encoder,
+    read_checkpoint,
+    untrained_encoder,
+)
 from cml.model.devices import Process, process_device
 from cml.model.encoder import Encoder, EncoderConfig
-from cml.model.musicnn import MUSICNN_MEL, PATCH_FRAMES, Musicnn, MusicnnConfig, load_musicnn, weights_sha256
+from cml.model.musicnn import (
+    MUSICNN_MEL,
+    PATCH_FRAMES,
+    Musicnn,
+    MusicnnConfig,
+    load_musicnn,
+    weights_sha256,
+)
 
 log = logging.getLogger(__name__)
 

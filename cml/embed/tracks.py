@@ -6,7 +6,7 @@ every variant is checked on), one every half window, the last aligned to the end
 a window is one pass over the whole track, so the default corpus (excerpts up to 30 s) is embedded exactly
 as by one pass. Longer tracks never meet positions far beyond training: one pass over a 7-minute track
 gives absolute positions (sincos) a length-dependent offset that the mean pooling keeps, so tracks sort
-by length (README, "Real recordings"); windows keep the embedding of the same music the same at any
+by length; windows keep the embedding of the same music the same at any
 length, and cost time linear in length instead of quadratic. `mode="full"` is the one pass, any length.
 The log-mel (`track_logmel`, computed block by block) is standardised with the checkpoint's `Normalizer`.
 It is computed in DataLoader worker processes (`iter_logmels`) while the encoder runs, and once per file:
@@ -28,6 +28,9 @@ end, and its 3 s training patch as the window, half-overlapping like the encoder
 model has no stored input standardisation, so its `Normalizer` is measured on the log-mels of (at most 16
 of) the tracks to embed, the training split when there is one: a global mean and std, no labels involved,
 the same kind of constants a checkpoint stores.
+
+One module, over 400 lines: the decode -> log-mel -> windows -> encoder path of one track, and its batching
+and skip rules, which change together. Which model and which settings: `cml.embed.library`.
 """
 from __future__ import annotations
 
@@ -41,10 +44,9 @@ from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from cml.audio.mel import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
-from cml.data.scan import length_slack
+from cml.data.scan import SKIP_COLUMNS, length_slack
 from cml.embed.cache import EmbeddingCache
 from cml.errors import (
     one_line,
@@ -53,6 +55,7 @@ from cml.model.checkpoint import (
     Normalizer,
 )
 from cml.model.encoder import Encoder, chunk_windows
+from cml.progress import tqdm
 from cml.tables import write_feature_table
 
 log = logging.getLogger(__name__)
@@ -68,8 +71,7 @@ NORM_TRACKS = 16  # tracks whose log-mels set the untrained baseline's standardi
 NORM_SECONDS = 30.0  # seconds read from each of them
 SILENCE_MARGIN = 0.01  # a log-mel within this of the front end's floor everywhere is digital silence
 CORES = len(os.sched_getaffinity(0))
-DEFAULT_WORKERS = min(8, CORES)  # decoding processes: one per core, the most of the work on CPU (README, "A whole library")
-SKIP_COLUMNS = ["id", "path", "reason"]
+DEFAULT_WORKERS = min(8, CORES)  # decoding processes: one per core, the most of the work on CPU
 # What can go wrong with one track: decoding (`DECODE_ERRORS`) or a too-short input (ValueError from the encoder).
 TRACK_ERRORS = (*DECODE_ERRORS, ValueError)
 
@@ -143,7 +145,7 @@ def _finish(kind: str, n: int, skipped: list[dict]) -> pd.DataFrame:
 class LogMels(torch.utils.data.Dataset):
     """Item i: (i, log-mel of paths[i]) or (i, the one-line reason it could not be decoded).
 
-    Decoding and resampling are most of the time on compressed audio (README, "A whole library"), so a
+    Decoding and resampling are most of the time on compressed audio, so a
     `DataLoader` runs this in worker processes while the encoder works on the tracks already decoded.
     """
 
@@ -293,7 +295,7 @@ def _unusable(row, x: torch.Tensor, mel_config: MelConfig) -> Optional[str]:
     header, fmt, rate = (row.get(key) for key in ("duration", "format", "sample_rate"))
     if isinstance(fmt, str) and pd.notna(header) and pd.notna(rate):
         decoded = mel_config.seconds(x.shape[-1] - 1)  # frames = 1 + samples // hop
-        slack = length_slack(fmt, int(rate)) / float(rate) + 2 * mel_config.seconds(1)
+        slack = length_slack(fmt, int(rate), round(float(header) * int(rate))) / float(rate) + 2 * mel_config.seconds(1)
         if decoded < float(header) - slack:
             return f"truncated: decoded {decoded:.2f} s of the {float(header):.2f} s in its header"
     return None

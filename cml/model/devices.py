@@ -1,5 +1,5 @@
 """Which device and which process: the one reader of torchrun's RANK, WORLD_SIZE and LOCAL_RANK, for
-training (`cml.train.distributed`) and embedding (`cml.embed.tracks.Shard`) alike."""
+training (`cml.train.distributed`) and embedding (`cml.embed.library.Shard`) alike."""
 from __future__ import annotations
 
 import os

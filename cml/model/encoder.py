@@ -10,7 +10,7 @@ for a 4 s crop), so variants differ in position handling, not in cost. Frames pa
 are trimmed (less than one token: at most 70 ms with 1-D, 310 ms with 2-D tokens), so there is no padding
 and no padding mask; a batch holds inputs of equal length. 80 ms tokens and a 2x MLP cost a third of
 40 ms tokens and a 4x MLP per clip, and on a fixed CPU budget three times the steps taught the encoders
-more than the finer tokens did (README, "What changed the numbers").
+more than the finer tokens did.
 
 Pooling: "meanstd" (the default) concatenates the mean and the standard deviation of the tokens over the
 input, the statistics pooling of x-vectors (Snyder et al. 2018): how much the music changes over a track

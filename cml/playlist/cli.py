@@ -42,7 +42,7 @@ def _cmd_playlist(args: argparse.Namespace) -> int:
     end = resolve_ids(table.ids, [args.end], "--end id")[0] if args.end is not None else None
     X = prepare(table.X, args.scale)
     # The index pays for its build (0.3 s at 100k tracks) in a journey (0.76 s -> 2 ms), not in one k-NN
-    # baseline (54 ms -> 0.2 ms; README "Benchmarks"); it is cosine, so it needs unit rows.
+    # baseline; it is cosine, so it needs unit rows.
     index = Index(X) if args.mode == "journey" and args.scale == "l2" else None
     playlist = build_playlist(X, seeds, args.length, mode=args.mode, dim=args.dim, margin=args.margin or 0.0,
                               start=start, end=end, index=index)

@@ -10,8 +10,7 @@ sphere, so Euclidean distance ranks like cosine distance (what the contrastive e
 hull test uses a projection.
 
 **Projection dimension** (``dim``, PCA): the trade-off. Low ``dim`` (2-3) keeps the directions along which
-the corpus varies most (on the default corpus most of the variance of the L2-normalised embeddings: the README
-gives the share); the hull is then a solid region that holds tracks, needs only ``dim + 1`` seeds in general
+the corpus varies most (on the default corpus, most of the variance of the L2-normalised embeddings); the hull is then a solid region that holds tracks, needs only ``dim + 1`` seeds in general
 position, and Qhull is instant. But tracks that differ from the seeds only along the discarded directions
 look inside. High ``dim`` is more faithful, but a hull of a few seeds becomes a thin sliver that holds
 almost nothing (in ``d`` dimensions a simplex of ``d + 1`` random points covers a vanishing share of the
@@ -43,6 +42,9 @@ thickened polygon/polytope. The radius is ``margin`` when given, otherwise the s
 than ``length`` remain, farthest-point sampling from the seeds picks a spread of them. The order is a
 nearest-neighbour path from the start track, improved by 2-opt moves (segment reversals that shorten the
 path), with the start and optionally the end fixed.
+
+One module, over 400 lines: one algorithm (region, selection, order) with its degenerate cases; its scores,
+files and map live beside it in cml.playlist.
 """
 from __future__ import annotations
 
@@ -55,9 +57,9 @@ from scipy import sparse
 from scipy.optimize import linprog
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import cdist
-from tqdm.auto import tqdm
 
 from cml.errors import CmlError, UsageError
+from cml.progress import tqdm
 from cml.search.index import Index
 from cml.search.neighbours import l2_normalise
 from cml.tables import standardise

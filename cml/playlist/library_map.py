@@ -6,12 +6,12 @@ What the page (`cml.playlist.server`) and the notebook widget (`cml.playlist.wid
   projection is chosen by measurement: :func:`score_projections` fits PCA, t-SNE and UMAP on a seeded sample
   and keeps the one that keeps most of each track's ``k`` nearest neighbours (:func:`neighbour_preservation`);
   the winner is then fitted on every row. t-SNE is left out of the choice above ``TSNE_MAX_ROWS`` (its
-  fit on a whole large library takes too long: see benchmarks/library-map/README.md).
+  fit on a whole large library takes too long).
 - **what a point says**: its name (title, or artists - title, else the id), label, cluster (an ``id,cluster``
   CSV of `cml cluster --out`) and whether its audio can be played (``ok``; ``missing``: the path is no
   readable file; ``none``: the table has no path for it). A file the browser cannot decode is marked there.
 - **playlists**: seeds by id, built by `cml.playlist.hull.build_playlist` with `cml playlist`'s defaults, so the
-  same seeds give the same playlist as the command; saved as M3U8 by `cml.playlist.hull.write_playlist`.
+  same seeds give the same playlist as the command; saved as M3U8 by `cml.playlist.files.write_playlist`.
 
 Rows with NaN/inf features, repeated ids (all but the first) or length zero are dropped, and the drops are
 reported (`LibraryMap.dropped`) instead of stopping the map.

@@ -4,7 +4,7 @@ Exact search (`cml.search.neighbours.nearest`) costs every query a pass over eve
 quadratic for evaluation's leave-one-out vote over a 100k-track library. The index is faiss's inverted file
 (``IndexIVFFlat``): k-means splits the unit rows into ``sqrt(n)`` lists and a query scans the lists nearest
 to it, about `SCAN_ROWS` rows whatever n, by inner product on float32 rows (= cosine). It was chosen by
-measurement (`benchmarks/bench_neighbours.py`, README "Benchmarks"): at equal recall@10 it queries about as
+measurement (`benchmarks/bench_neighbours.py`): at equal recall@10 it queries about as
 fast as an HNSW graph (faiss's or hnswlib's) but builds ~20x faster (1.2 s against 24-28 s at 100k rows),
 its build is deterministic on any number of threads (a seeded k-means; HNSW needs one thread for that), and
 faiss-cpu installs from a wheel (hnswlib needs a C++ compiler). An `Index` logs which search it runs.
@@ -20,8 +20,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from cml.search import neighbours
 from cml.errors import UsageError, count
+from cml.search import neighbours
 from cml.search.neighbours import l2_normalise, majority_vote, nearest
 from cml.tables import read_feature_table
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # 56 s at 20k (quadratic), against 1.0 s and 1.4 s with the index (8.5 s at 100k), accuracy within 0.0004.
 EXACT_BELOW = 10_000
 # Queries below which exact search beats building the index first (`cml neighbours` of a few tracks): a build
-# costs about as much as 130 exact queries at 100k rows and 270 at 1M (README, "Benchmarks").
+# costs about as much as 130 exact queries at 100k rows and 270 at 1M.
 BUILD_PAYS_FROM = 200
 SCAN_ROWS = 5_000  # rows a query scans (lists of ~sqrt(n) rows): recall@10 0.97-0.998 on the benchmark, 10k-1M
 TRAIN_PER_LIST = 64  # k-means sample per list (faiss's minimum advice is 39)

@@ -49,7 +49,7 @@ def exact_leave_group_out_knn_accuracy(X: np.ndarray, y: np.ndarray, queries: np
 
     A lower-variance companion of `exact_knn_accuracy` for small test splits: every held-out track (val + test),
     each against every other track, is scored, not only the test split's, so one track moves the accuracy
-    less (the README gives the counts). Groups keep what must not vote for itself out of the vote: the other
+    less. Groups keep what must not vote for itself out of the vote: the other
     rendering of the same piece shares its notes and would make the task trivial. No group: plain
     leave-one-out. Votes tie towards the first class in sorted order, as scikit-learn's do.
     """

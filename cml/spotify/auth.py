@@ -64,7 +64,7 @@ def load_credentials(env_file: str | Path = ".env", environ: dict[str, str] | No
     client_id = values.get("SPOTIPY_CLIENT_ID")
     if not client_id:
         raise SpotifyError(f"SPOTIPY_CLIENT_ID is not set: export it or put it in {env_file} "
-                           "(see the README, section Spotify)")
+                           "(the README, section Spotify, says how)")
     secret = values.get("SPOTIPY_CLIENT_SECRET") or None
     if secret:
         _REDACT.secrets.add(secret)

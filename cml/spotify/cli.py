@@ -10,8 +10,8 @@ import pandas as pd
 from cml.errors import check_output, count, positive
 from cml.spotify.auth import TOKEN_CACHE, TokenCache, load_credentials
 from cml.spotify.client import SpotifyClient
-from cml.spotify.http import SpotifyError
 from cml.spotify.features import AUDIO_FEATURE_COLUMNS, UNKNOWN_GENRE
+from cml.spotify.http import SpotifyError
 from cml.spotify.sync import (
     link_local_files,
     pull,

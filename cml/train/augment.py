@@ -36,7 +36,7 @@ class AugmentConfig:
 
     The defaults are deliberately mild: on a short training budget (the default recipe's), strong settings keep
     the NT-Xent loss near its chance level ln(2N - 1), so the encoder learns next to nothing, while mild ones let
-    it fall steadily (the measurement is in the README, "What changed the numbers").
+    it fall steadily.
     """
 
     gain_p: float = 1.0  # random gain ...

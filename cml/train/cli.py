@@ -12,7 +12,7 @@ from cml.train.loop import train
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    config = config_from_params(args.params, args.variant, args.seed)
+    config = config_from_params(args.params, args.variant, args.seed, init=args.init)
     resolve_device(config.device)
     check_input_file(args.tracks, "tracks table")
     check_output(args.out, folder=True)

@@ -98,13 +98,28 @@ class TrainConfig:
 
 
 def config_from_params(params_file: str | os.PathLike, variant: Optional[str] = None,
-                       seed: Optional[int] = None, section: str = "train") -> TrainConfig:
+                       seed: Optional[int] = None, section: str = "train",
+                       init: Optional[str | os.PathLike] = None) -> TrainConfig:
     """The TrainConfig of a study: the `train` section (or `pretrain`, the shipped encoder's recipe), the
-    architecture of `model`, the front end of `frontend`, and the variant and seed of one run (the study's matrix)."""
+    architecture of `model`, the front end of `frontend`, and the variant and seed of one run (the study's matrix).
+    Fine-tuning (`init`: a checkpoint, or `pretrained`) keeps the checkpoint's variant, architecture and front
+    end instead: its weights fit no other."""
     recipe = load_params(params_file, section)
     misplaced = sorted({"model", "frontend"} & set(recipe))
     if misplaced:
         raise UsageError(f"{params_file}: {misplaced} in the '{section}' section: they are sections of their own")
     values = {**recipe, "model": load_params(params_file, "model"), "frontend": load_params(params_file, "frontend")}
     values.update({k: v for k, v in (("variant", variant), ("seed", seed)) if v is not None})
+    if init is not None:
+        values.update(architecture_of(init))
     return parse_section(params_file, section, TrainConfig.from_dict, values)
+
+
+def architecture_of(checkpoint: str | os.PathLike) -> dict:
+    """The variant, model and frontend values of a checkpoint (or `pretrained`), as a TrainConfig takes them."""
+    from cml.model.checkpoint import checkpoint_path, read_checkpoint
+
+    state = read_checkpoint(checkpoint_path(checkpoint))
+    model = dict(state["encoder_config"])
+    log.info("fine-tuning %s: its variant %s, architecture and front end", checkpoint, model["variant"])
+    return {"variant": model.pop("variant"), "model": model, "frontend": dict(state["mel_config"])}

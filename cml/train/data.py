@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from cml.audio.mel import (
     DECODE_ERRORS,
@@ -28,6 +27,7 @@ from cml.errors import CmlError, one_line
 from cml.model.checkpoint import (
     Normalizer,
 )
+from cml.progress import tqdm
 from cml.tables import read_tracks
 from cml.train.augment import Augment
 from cml.train.config import TrainConfig

@@ -14,6 +14,9 @@ Distributed: under `torchrun`, each process takes a contiguous slice of every gl
 are all-gathered so NT-Xent sees the same 2N views as a single process would, and only rank 0 logs and
 writes files. Outputs in `out_dir`: `last.pt` (every epoch), `best.pt` (the epoch of lowest val NT-Xent,
 see `_score`), `live/` (DVCLive: per-epoch metrics and plots) and `metrics.json` (final summary).
+
+One module, over 400 lines: the loop and the helpers of one step, read top to bottom like nanoGPT's train.py;
+the data, validation, config and process plumbing live beside it in cml.train.
 """
 from __future__ import annotations
 
@@ -32,9 +35,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from cml.audio.mel import MelConfig
+from cml.data.scan import SKIP_COLUMNS
 from cml.errors import CmlError, UsageError
 from cml.model.checkpoint import (
     Normalizer,
@@ -46,6 +49,7 @@ from cml.model.checkpoint import (
 from cml.model.devices import process_device
 from cml.model.encoder import Encoder, EncoderConfig
 from cml.notebook import write_metrics
+from cml.progress import tqdm
 from cml.train.augment import Augment
 from cml.train.config import RESUME_FREE_KEYS, TrainConfig
 from cml.train.data import (
@@ -431,7 +435,7 @@ def _finish(out: Path, cfg: TrainConfig, data: TrainData, history: list[dict], t
     if d.main:
         failed = {**data.train_crops.failed, **data.val_crops.failed}
         skipped = data.skipped + [{"id": None, "path": p, "reason": r} for p, r in failed.items()]
-        pd.DataFrame(skipped, columns=["id", "path", "reason"]).to_csv(out / "skipped.csv", index=False)
+        pd.DataFrame(skipped, columns=SKIP_COLUMNS).to_csv(out / "skipped.csv", index=False)
     if d.main and history:
         live.summary = dict(summary)  # dvclive adds its step to the dict it is given
         live.end()

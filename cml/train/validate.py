@@ -80,7 +80,7 @@ def validate(encoder: Encoder, data: ValData, cfg: TrainConfig, device: torch.de
 def _score(record: dict) -> float:
     """Model selection: the lowest val NT-Xent, label-free like the training itself; without a val split,
     the last epoch. (Val k-NN accuracy over a few dozen val tracks is too noisy from epoch to epoch to pick
-    by; the val loss falls steadily. README, "What changed the numbers".)"""
+    by; the val loss falls steadily.)"""
     ntxent = record["val/ntxent"]
     return -ntxent if math.isfinite(ntxent) else float(record["epoch"])
 

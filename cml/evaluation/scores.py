@@ -8,10 +8,7 @@ so a key means the same everywhere. `length_extrapolation` scores the crop embed
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -19,39 +16,29 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from cml.cluster.methods import cluster
 from cml.cluster.scores import partition_scores
-from cml.data.split import split_tracks
-from cml.errors import (
-    UsageError,
-    check_input_file,
-    check_output,
-    count,
-    fraction,
-    non_negative_int,
+from cml.evaluation.probes import (
+    fit_linear_probe,
+    l2_rows,
+    lead_program,
+    linear_probe_accuracy,
+    majority_rate,
+    style_timbre_probe,
 )
 from cml.search.index import knn_accuracy, leave_group_out_knn_accuracy
 from cml.search.neighbours import fit_knn, l2_normalise
 from cml.tables import (
     FeatureTable,
-    add_table_arguments,
-    check_at_most,
     preview,
-    read_cli_table,
     read_feature_table,
-    read_tracks,
     standardise,
 )
 
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("knn_acc", "linear_acc", "nmi", "ari")
-LINEAR_MAX_ITER = 5000  # lbfgs iterations of the linear probe; enough for 128-d standardised features
 TEST_FRACTION = 0.2  # test share of the CLI's fallback split
 
 
@@ -63,72 +50,11 @@ class EvaluateConfig:
     seed: int = 0  # linear probe and k-means
 
 
-def lead_program(programs: str) -> str:
-    """The General MIDI program of a rendered piece's first part: a proxy for its dominant timbre."""
-    return str(programs).split(";")[0]
-
-
-def majority_rate(y: np.ndarray) -> float:
-    """Accuracy of always guessing the most frequent value: the chance level to compare against."""
-    if len(y) == 0:
-        return float("nan")
-    _, counts = np.unique(np.asarray(y), return_counts=True)
-    return float(counts.max() / counts.sum())
-
-
-def style_timbre_probe(
-    X: np.ndarray, labels: np.ndarray, timbres: np.ndarray | None, split: np.ndarray, k: int = 5
-) -> dict[str, float]:
-    """k-NN accuracy of a feature space at predicting style (label) and timbre (lead instrument).
-
-    Trained on the train split, scored on the test split. A space that scores far above chance on timbre
-    but near chance on style clusters by instrumentation: the trap a contrastive model must avoid.
-    """
-    train, test = split == "train", split == "test"
-    result = {
-        "knn_label_acc": knn_accuracy(X[train], labels[train], X[test], labels[test], k),
-        "label_chance": majority_rate(labels[test]),
-    }
-    if timbres is not None:
-        result["knn_timbre_acc"] = knn_accuracy(X[train], timbres[train], X[test], timbres[test], k)
-        result["timbre_chance"] = majority_rate(timbres[test])
-    return result
-
-
-# --------------------------------------------------------------------------------------------------
-# The headline metrics of an embedding: k-NN, linear probe, k-means NMI/ARI
-
-
-def _l2(X: np.ndarray) -> np.ndarray:
-    return l2_normalise(np.asarray(X, dtype=np.float64))
-
-
-def linear_probe_accuracy(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray,
-                          seed: int = 0) -> float:
-    """Test accuracy of a logistic regression fitted on the train split.
-
-    Rows are L2-normalised (the cosine geometry the k-NN and clustering use) and then standardised
-    with train-split statistics, so no feature dominates by scale; L2 penalty C=1, lbfgs, seeded.
-    """
-    if len(X_train) == 0 or len(X_test) == 0:
-        return float("nan")
-    return float(np.mean(fit_linear_probe(X_train, y_train, seed).predict(X_test) == np.asarray(y_test)))
-
-
-def fit_linear_probe(X_train: np.ndarray, y_train: np.ndarray, seed: int = 0):
-    """The probe of `linear_probe_accuracy` (L2 rows, train-split scaling, logistic regression), fitted."""
-    probe = make_pipeline(FunctionTransformer(_l2), StandardScaler(),
-                          LogisticRegression(max_iter=LINEAR_MAX_ITER, random_state=seed))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # separable data never "converges"; accuracy is fine
-        return probe.fit(X_train, np.asarray(y_train))
-
-
 def kmeans_agreement(X: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, float]:
     """NMI and ARI of k-means (k = number of distinct labels, n_init=10, seeded) on L2-normalised rows."""
     n_classes = len(np.unique(y))
     result = cluster(X, "kmeans", k=n_classes, seed=seed, normalise=True)
-    scores = partition_scores(_l2(X), result.labels, y, seed=seed)
+    scores = partition_scores(l2_rows(X), result.labels, y, seed=seed)
     return {"nmi": scores["nmi"], "ari": scores["ari"]}
 
 
@@ -257,10 +183,6 @@ def score_space(X: np.ndarray, tracks: pd.DataFrame, k: int = 5, seed: int = 0, 
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# The Compare notebook: feature tables lined up with the track table by id
-
-
 def track_rows(tracks: pd.DataFrame, ids: Sequence[str], source: object) -> pd.DataFrame:
     """The rows of `tracks` (indexed by id) for `ids`, in that order; ids it lacks raise a one-line
     ValueError naming `source` and them."""
@@ -283,7 +205,7 @@ def score_runs(embeddings_dir: str | Path, variants: Sequence[str], seeds: Seque
 
     Each variant's trained runs (``<embeddings_dir>/<variant>-s<seed>/tracks.parquet``, kind contrastive)
     and its untrained encoder (``untrained-<variant>``, kind untrained, seed 0); the shipped pretrained encoder,
-    frozen (``pretrained``, kind pretrained); then the baselines (kind
+    frozen (``pretrained``) and fine-tuned on the study's tracks (``finetuned``), kind pretrained; then the baselines (kind
     baseline), each column z-scored over the tracks: the pretrained tagger (``musicnn``: its layers' units
     differ by channel, and z-scoring scored better when its default was chosen) and the handcrafted features
     (they mix units).
@@ -295,8 +217,8 @@ def score_runs(embeddings_dir: str | Path, variants: Sequence[str], seeds: Seque
                          **score_table(root / f"{variant}-s{s}" / "tracks.parquet", tracks, k, seed)})
         rows.append({"model": variant, "kind": "untrained", "seed": 0,
                      **score_table(root / f"untrained-{variant}" / "tracks.parquet", tracks, k, seed)})
-    rows.append({"model": "pretrained", "kind": "pretrained", "seed": 0,
-                 **score_table(root / "pretrained" / "tracks.parquet", tracks, k, seed)})
+    rows += [{"model": name, "kind": "pretrained", "seed": 0, **score_table(root / name / "tracks.parquet", tracks, k, seed)}
+             for name in ("pretrained", "finetuned")]
     baselines = {"musicnn": root / "musicnn" / "tracks.parquet", "handcrafted": handcrafted}
     rows += [{"model": name, "kind": "baseline", "seed": 0, **score_table(path, tracks, k, seed, standardised=True)}
              for name, path in baselines.items()]
@@ -342,72 +264,3 @@ def run_length_extrapolation(run_dir: str | Path, tracks: pd.DataFrame, k: int =
                                 k=k, seed=seed)
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI
-
-
-TRACK_EXTRA_COLUMNS = ("piece", "programs", "duration")  # what `score_space` reads besides label and split, where known
-
-
-def _tracks_for(table, args: argparse.Namespace) -> pd.DataFrame:
-    """The track table `score_space` reads, one row per table row (index: the ids): the table's labels; the
-    split from --split tracks.csv (with its piece, programs and duration columns), else the table's own split
-    column, else a seeded stratified one."""
-    if args.test_fraction is not None and (args.split or "split" in table.meta.columns):
-        raise UsageError(f"--test-fraction sets the fallback split only; the split comes from "
-                         f"{args.split or f'the split column of {args.file}'}")
-    frame = table.meta[[c for c in TRACK_EXTRA_COLUMNS if c in table.meta.columns]].set_axis(pd.Index(table.ids))
-    if table.labels is not None:
-        frame["label"] = table.labels
-    if args.split:
-        tracks = read_tracks(check_input_file(args.split, "split table"), required=("id", "split"))
-        tracks = tracks.set_index("id").reindex(table.ids)  # read_tracks refuses repeated ids
-        missing = tracks["split"].isna().to_numpy()
-        if missing.all():
-            raise ValueError(f"no id of {args.file} appears in {args.split}")
-        if missing.any():
-            log.warning("%d rows have no split in %s and are left out", missing.sum(), args.split)
-        for column in ("split", *TRACK_EXTRA_COLUMNS):
-            if column in tracks:
-                frame[column] = tracks[column].to_numpy(dtype=object)
-    elif "split" in table.meta.columns:
-        log.info("using the split column of %s", args.file)
-        frame["split"] = table.meta["split"].to_numpy(dtype=object)
-    else:
-        test = TEST_FRACTION if args.test_fraction is None else args.test_fraction
-        ids = pd.DataFrame({"id": table.ids, "label": table.labels if table.labels is not None else None})
-        log.info("no split given: seeded stratified %.0f/%.0f train/test split", 100 * (1 - test), 100 * test)
-        frame["split"] = split_tracks(ids, {"train": 1 - test, "test": test}, seed=args.seed).to_numpy(dtype=object)
-    return frame
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    check_output(args.out)
-    table = read_cli_table(args, l2=True)  # the k-NN, the probe and k-means all work on L2-normalised rows
-    tracks = _tracks_for(table, args)
-    n_train = 0 if table.labels is None else int(np.sum((tracks["split"] == "train") & pd.notna(table.labels)))
-    if n_train:  # the k-NN votes among these (none: evaluate_embeddings notes why there is no k-NN score)
-        check_at_most(args.k, "--k", n_train, f"labelled train rows in {args.file}")
-    metrics = score_space(table.X, tracks, k=args.k, seed=args.seed, standardised=args.standardise)
-    Path(args.out).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(metrics, indent=2, sort_keys=True))
-    return 0
-
-
-def register_cli(subparsers) -> None:
-    """Add `cml evaluate FILE --out metrics.json [--split tracks.csv]`."""
-    p = subparsers.add_parser("evaluate", description="k-NN accuracy (cosine), linear-probe accuracy and k-means NMI/ARI "
-                                          "of a feature table, trained on train and scored on test, and the scores "
-                                          "over more tracks of the Compare notebook (`score_space`: the same keys).")
-    add_table_arguments(p)
-    p.add_argument("--out", required=True, help="metrics JSON to write")
-    p.add_argument("--split", help="tracks.csv with id and split columns, and piece, programs and duration where "
-                                   "known (default: the table's split column, else a seeded stratified split)")
-    p.add_argument("--standardise", action="store_true",
-                   help="z-score every column first (features in mixed units, like the handcrafted baseline: "
-                        "the Compare notebook scores it so)")
-    p.add_argument("--test-fraction", type=fraction,
-                   help=f"test share of the fallback split (default {TEST_FRACTION}); not with a given split")
-    p.add_argument("--k", type=count, default=5, help="neighbours of the k-NN vote")
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.set_defaults(func=_cmd_evaluate)
