@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
-
 from bench_frontend import music
-from cml.audio.mel import iter_blocks, track_logmel
+
 from cml.audio.files import iter_frames
-from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
+from cml.audio.mel import iter_blocks, track_logmel
 from cml.embed.library import study_model
 from cml.embed.tracks import WINDOW_CROPS
+from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.model.encoder import EncoderConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import multiprocessing
 from multiprocessing.pool import Pool
 from pathlib import Path
 

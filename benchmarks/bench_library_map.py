@@ -31,10 +31,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import Chromium, map_point  # noqa: E402
+
 from cml.data.features import project_2d  # noqa: E402
+from cml.playlist.hull import auto_seeds, prepare  # noqa: E402
 from cml.playlist.library_map import load_map, score_projections  # noqa: E402
 from cml.playlist.server import Actions, MapServer  # noqa: E402
-from cml.playlist.hull import auto_seeds, prepare  # noqa: E402
 from cml.tables import read_feature_table, write_feature_table  # noqa: E402
 
 READY = "document.getElementById('cml-map-root').dataset.ready"

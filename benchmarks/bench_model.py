@@ -38,11 +38,11 @@ import soundfile as sf
 import torch
 
 from cml.audio.mel import MelConfig
-from cml.model.checkpoint import Normalizer, untrained_encoder
 from cml.embed.library import load_model
 from cml.embed.tracks import embed_tracks
-from cml.train.losses import nt_xent
+from cml.model.checkpoint import Normalizer, untrained_encoder
 from cml.model.encoder import VARIANTS, Encoder, EncoderConfig
+from cml.train.losses import nt_xent
 
 SR = 16000  # the corpus format: 16 kHz mono FLAC
 PITCHES = (196.0, 220.0, 262.0, 294.0, 330.0, 392.0, 440.0)

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cml.embed.tracks import MUSICNN
 from cml.data.scan import scan_audio
+from cml.embed.tracks import MUSICNN
 from cml.tables import read_feature_table
 
 REPO = Path(__file__).resolve().parent.parent

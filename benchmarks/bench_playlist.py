@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from cml.search.index import Index  # noqa: E402
 from cml.playlist.hull import build_playlist, fit_projection, prepare
 from cml.playlist.scores import knn_baseline
+from cml.search.index import Index  # noqa: E402
 
 
 def data(n: int, d: int, centers: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ COMMANDS = {
     "playlist": ("playlist.cli", "a playlist from the convex hull of seed tracks in a feature table"),
     "map": ("playlist.server", "a map of a feature table in the browser: listen, pick seeds, make playlists"),
     "spotify": ("spotify.cli", "pull track data from Spotify, push playlists to it"),
-    "params": ("sections", "print a study's effective parameters: the recipe's defaults with params.yaml's overrides"),
+    "params": ("sections", "print a study's effective parameters: the config defaults with params.yaml's overrides"),
 }
 DEBUG_ENV = "CML_DEBUG"
 

@@ -69,11 +69,7 @@ def audio_excerpt(path: str | os.PathLike, seconds: float, offset: float | None 
     Read at `sample_rate`, or at the file's own rate when None. A path that is no file (a track without
     local audio, NaN from a table) raises FileNotFoundError naming it.
     """
-    from cml.audio.mel import (  # torch: only where a notebook listens
-        audio_info,
-        centre_offset,
-        load_audio,
-    )
+    from cml.audio.mel import audio_info, centre_offset, load_audio  # torch: only where a notebook listens
 
     if not isinstance(path, (str, os.PathLike)) or not Path(path).is_file():
         raise FileNotFoundError(f"no local audio file: {path}")

@@ -14,20 +14,8 @@ from cml.cluster.costs import too_costly
 from cml.cluster.grid import DENSITY, HDBSCAN_METHODS, n_labels
 from cml.cluster.methods import EXACT, HIERARCHICAL, METHODS, NEEDS_K, cluster
 from cml.cluster.scores import cluster_scores
-from cml.errors import (
-    UsageError,
-    check_output,
-    count,
-    non_negative,
-    non_negative_int,
-    positive,
-)
-from cml.tables import (
-    add_table_arguments,
-    check_at_most,
-    read_cli_table,
-    standardise,
-)
+from cml.errors import UsageError, check_output, count, non_negative, non_negative_int, positive
+from cml.tables import add_table_arguments, check_at_most, read_cli_table, standardise
 
 log = logging.getLogger(__name__)
 

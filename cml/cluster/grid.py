@@ -17,12 +17,7 @@ from cml.cluster import elki
 from cml.cluster.costs import METHOD_BUDGET_SECONDS, too_costly
 from cml.cluster.methods import METHODS, NEEDS_K, cluster
 from cml.cluster.scores import cluster_scores
-from cml.tables import (
-    FeatureTable,
-    read_feature_table,
-    standardise,
-    take_rows,
-)
+from cml.tables import FeatureTable, read_feature_table, standardise, take_rows
 
 log = logging.getLogger(__name__)
 

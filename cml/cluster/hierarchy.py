@@ -334,9 +334,7 @@ def hdbscan_labels(tree: Tree, min_cluster_size: int = 5) -> np.ndarray:
 def knn_mst(X: np.ndarray, min_pts: int = 1, k: int = KNN_K, seed: int = 0) -> Tree:
     """The MST of the k-NN graph of the unit rows of X that `cml.search.index.Index` finds (module docstring):
     Euclidean, or mutual reachability with core distances from the same neighbours for ``min_pts > 1``."""
-    from cml.search.index import (
-        Index,  # faiss is imported by the index only when it is built
-    )
+    from cml.search.index import Index  # faiss is imported by the index only when it is built
 
     X = check_rows(X)
     n = len(X)

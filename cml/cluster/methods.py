@@ -29,9 +29,7 @@ from sklearn import cluster as skcluster
 from sklearn.neighbors import NearestNeighbors
 
 from cml.cluster import elki, hierarchy
-from cml.cluster.costs import (
-    check_dbscan_memory,
-)
+from cml.cluster.costs import check_dbscan_memory
 from cml.search.neighbours import l2_normalise
 
 log = logging.getLogger(__name__)

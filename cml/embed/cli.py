@@ -8,13 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from cml.data.scan import SKIP_COLUMNS, scan_audio
-from cml.embed.library import (
-    EmbedSettings,
-    Shard,
-    embed_library,
-    open_model,
-    split_rows,
-)
+from cml.embed.library import EmbedSettings, Shard, embed_library, open_model, split_rows
 from cml.embed.tracks import (
     CROP_MULTIPLES,
     DEFAULT_CROP_SECONDS,
@@ -25,14 +19,7 @@ from cml.embed.tracks import (
     Embedded,
 )
 from cml.embed.tracks import __doc__ as tracks_doc
-from cml.errors import (
-    CmlError,
-    UsageError,
-    check_input_file,
-    check_output,
-    non_negative_int,
-    positive,
-)
+from cml.errors import CmlError, UsageError, check_input_file, check_output, non_negative_int, positive
 from cml.tables import check_table_suffix, part_path, read_tracks
 
 

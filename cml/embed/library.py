@@ -31,23 +31,10 @@ from cml.embed.tracks import (
     estimate_normalizer,
 )
 from cml.errors import CmlError, UsageError, one_line
-from cml.model.checkpoint import (
-    Normalizer,
-    checkpoint_path,
-    load_encoder,
-    read_checkpoint,
-    untrained_encoder,
-)
+from cml.model.checkpoint import Normalizer, checkpoint_path, load_encoder, read_checkpoint, untrained_encoder
 from cml.model.devices import Process, process_device
 from cml.model.encoder import Encoder, EncoderConfig
-from cml.model.musicnn import (
-    MUSICNN_MEL,
-    PATCH_FRAMES,
-    Musicnn,
-    MusicnnConfig,
-    load_musicnn,
-    weights_sha256,
-)
+from cml.model.musicnn import MUSICNN_MEL, PATCH_FRAMES, Musicnn, MusicnnConfig, load_musicnn, weights_sha256
 
 log = logging.getLogger(__name__)
 

@@ -48,12 +48,8 @@ import torch
 from cml.audio.mel import DECODE_ERRORS, MelConfig, centre_offset, track_logmel
 from cml.data.scan import SKIP_COLUMNS, length_slack
 from cml.embed.cache import EmbeddingCache
-from cml.errors import (
-    one_line,
-)
-from cml.model.checkpoint import (
-    Normalizer,
-)
+from cml.errors import one_line
+from cml.model.checkpoint import Normalizer
 from cml.model.encoder import Encoder, chunk_windows
 from cml.progress import tqdm
 from cml.tables import write_feature_table

@@ -10,21 +10,9 @@ import numpy as np
 import pandas as pd
 
 from cml.data.split import split_tracks
-from cml.errors import (
-    UsageError,
-    check_input_file,
-    check_output,
-    count,
-    fraction,
-    non_negative_int,
-)
+from cml.errors import UsageError, check_input_file, check_output, count, fraction, non_negative_int
 from cml.evaluation.scores import TEST_FRACTION, score_space
-from cml.tables import (
-    add_table_arguments,
-    check_at_most,
-    read_cli_table,
-    read_tracks,
-)
+from cml.tables import add_table_arguments, check_at_most, read_cli_table, read_tracks
 
 log = logging.getLogger(__name__)
 

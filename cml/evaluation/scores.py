@@ -29,12 +29,7 @@ from cml.evaluation.probes import (
 )
 from cml.search.index import knn_accuracy, leave_group_out_knn_accuracy
 from cml.search.neighbours import fit_knn, l2_normalise
-from cml.tables import (
-    FeatureTable,
-    preview,
-    read_feature_table,
-    standardise,
-)
+from cml.tables import FeatureTable, preview, read_feature_table, standardise
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cml.model.positional import (
-    AlibiBias,
-    RotaryEmbedding,
-    SinCosEmbedding,
-    apply_rotary,
-)
+from cml.model.positional import AlibiBias, RotaryEmbedding, SinCosEmbedding, apply_rotary
 
 log = logging.getLogger(__name__)
 

@@ -35,12 +35,7 @@ from cml.playlist.files import playlist_frame, write_playlist
 from cml.playlist.hull import build_playlist, fit_projection, prepare, resolve_ids
 from cml.search.index import Index
 from cml.search.neighbours import nearest
-from cml.tables import (
-    FeatureTable,
-    check_directions,
-    read_csv_text_ids,
-    read_feature_table,
-)
+from cml.tables import FeatureTable, check_directions, read_csv_text_ids, read_feature_table
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,7 @@ from scipy.spatial.distance import pdist
 
 from cml.cluster.grid import n_labels
 from cml.cluster.methods import cluster
-from cml.playlist.hull import (
-    Playlist,
-    nearest_pool,
-    order_tracks,
-    rank_basis,
-    unique_indices,
-)
+from cml.playlist.hull import Playlist, nearest_pool, order_tracks, rank_basis, unique_indices
 from cml.search.index import Index
 
 log = logging.getLogger(__name__)

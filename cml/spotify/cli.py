@@ -12,13 +12,7 @@ from cml.spotify.auth import TOKEN_CACHE, TokenCache, load_credentials
 from cml.spotify.client import SpotifyClient
 from cml.spotify.features import AUDIO_FEATURE_COLUMNS, UNKNOWN_GENRE
 from cml.spotify.http import SpotifyError
-from cml.spotify.sync import (
-    link_local_files,
-    pull,
-    push_tracks,
-    read_playlist_file,
-    write_tracks_csv,
-)
+from cml.spotify.sync import link_local_files, pull, push_tracks, read_playlist_file, write_tracks_csv
 
 
 def _client(args: argparse.Namespace, user: bool) -> SpotifyClient:

@@ -33,14 +33,7 @@ from spotipy.cache_handler import MemoryCacheHandler
 from spotipy.oauth2 import SpotifyClientCredentials, SpotifyOauthError, SpotifyPKCE
 from tqdm import tqdm
 
-from cml.spotify.auth import (
-    _PKCE,
-    TOKEN_CACHE,
-    Credentials,
-    TokenCache,
-    _auth_code,
-    ask_in_terminal,
-)
+from cml.spotify.auth import _PKCE, TOKEN_CACHE, Credentials, TokenCache, _auth_code, ask_in_terminal
 from cml.spotify.http import SpotifyError, make_session
 
 log = logging.getLogger(__name__)

@@ -256,9 +256,7 @@ def feature_pca(df: pd.DataFrame, n_components: int = 2, seed: int = 0,
 
     Rows with a missing feature are left out (not imputed), so the coordinates only show measured data.
     """
-    from sklearn.decomposition import (
-        PCA,  # imported late: the notebook may never reach the PCA cell
-    )
+    from sklearn.decomposition import PCA  # imported late: the notebook may never reach the PCA cell
 
     usable = usable_features(df, features, min_rows=3)
     values = df[usable].apply(pd.to_numeric, errors="coerce").dropna() if usable else pd.DataFrame()

@@ -15,14 +15,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from cml.errors import check_input_file
-from cml.spotify.client import (
-    SEARCH_LIMIT,
-    SpotifyClient,
-    chunks,
-    expect,
-    spotify_id,
-    track_uri,
-)
+from cml.spotify.client import SEARCH_LIMIT, SpotifyClient, chunks, expect, spotify_id, track_uri
 from cml.spotify.features import AUDIO_FEATURE_COLUMNS, SPOTIFY_COLUMNS, UNKNOWN_GENRE
 from cml.spotify.http import SpotifyError
 

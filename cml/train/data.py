@@ -14,30 +14,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from cml.audio.mel import (
-    DECODE_ERRORS,
-    LogMel,
-    MelConfig,
-    audio_info,
-    centre_offset,
-    load_audio,
-    track_logmel,
-)
+from cml.audio.mel import DECODE_ERRORS, LogMel, MelConfig, audio_info, centre_offset, load_audio, track_logmel
 from cml.errors import CmlError, one_line
-from cml.model.checkpoint import (
-    Normalizer,
-)
+from cml.model.checkpoint import Normalizer
 from cml.progress import tqdm
 from cml.tables import read_tracks
 from cml.train.augment import Augment
 from cml.train.config import TrainConfig
-from cml.train.distributed import (
-    NORM_STREAM,
-    TRAIN_STREAM,
-    Dist,
-    derive_seed,
-    generator,
-)
+from cml.train.distributed import NORM_STREAM, TRAIN_STREAM, Dist, derive_seed, generator
 
 log = logging.getLogger(__name__)
 # Data

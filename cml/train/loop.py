@@ -39,13 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cml.audio.mel import MelConfig
 from cml.data.scan import SKIP_COLUMNS
 from cml.errors import CmlError, UsageError
-from cml.model.checkpoint import (
-    Normalizer,
-    checkpoint_path,
-    load_encoder,
-    read_checkpoint,
-    save_checkpoint,
-)
+from cml.model.checkpoint import Normalizer, checkpoint_path, load_encoder, read_checkpoint, save_checkpoint
 from cml.model.devices import process_device
 from cml.model.encoder import Encoder, EncoderConfig
 from cml.notebook import write_metrics
@@ -64,23 +58,9 @@ from cml.train.data import (
     steps_per_epoch,
     training_tracks,
 )
-from cml.train.distributed import (
-    KMEANS_STREAM,
-    Dist,
-    all_mean,
-    autocast_context,
-    gather,
-    generator,
-    init_distributed,
-)
+from cml.train.distributed import KMEANS_STREAM, Dist, all_mean, autocast_context, gather, generator, init_distributed
 from cml.train.losses import KMeansLoss, nt_xent
-from cml.train.validate import (
-    ValData,
-    best_epoch,
-    build_val_data,
-    patience_over,
-    validate,
-)
+from cml.train.validate import ValData, best_epoch, build_val_data, patience_over, validate
 
 log = logging.getLogger(__name__)
 # Model, schedule, evaluation

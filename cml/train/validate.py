@@ -10,9 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from cml.model.checkpoint import (
-    Normalizer,
-)
+from cml.model.checkpoint import Normalizer
 from cml.model.encoder import Encoder
 from cml.search.neighbours import exact_knn_accuracy
 from cml.train.config import TrainConfig
