@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 ID_COLUMNS = ("id", "track_id")  # first one present is the id
 LABEL_COLUMN = "label"
-FEATURES_METADATA_KEY = b"cml.data.features"
+FEATURES_METADATA_KEY = b"cml.features"
 PART = re.compile(r"part-(\d{5})-of-(\d{5})(\.[A-Za-z]+)$")  # one rank's share of a table (see `part_path`)
 _SHOW = 10  # how many offending ids an error message names
 

@@ -14,30 +14,23 @@ import soundfile as sf
 import torch
 
 from cml.audio.mel import MelConfig
-from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
 from cml.cli import main
-from cml.embed.tracks import estimate_normalizer
-from cml.model.encoder import EncoderConfig
 from cml.data.scan import length_slack, scan_audio
+from cml.embed.tracks import estimate_normalizer
+from cml.model.checkpoint import Normalizer, save_checkpoint, untrained_encoder
+from cml.model.encoder import EncoderConfig
 from cml.tables import read_feature_table, read_tracks, write_feature_table
 from cml.train.data import readable_crops
 from cml.train.loop import train
+from tests.helpers import SR, sine, write_tone
 
-SR = 16000
 TINY_MODEL = dict(dim=32, depth=1, heads=2, embed_dim=16, proj_dim=16)
 TINY_TRAIN = dict(crop_seconds=0.64, batch_size=4, epochs=1, crops_per_track=2, min_steps=1, norm_crops=8)
 
 
-def tone(path: Path, seconds: float = 2.0, freq: float = 440.0, sr: int = SR, **kw) -> Path:
-    t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, **kw)
-    return path
-
-
 def poisoned(path: Path, value: float = np.nan, seconds: float = 2.0) -> Path:
     """A float WAV that plays a tone but holds a non-finite sample every 0.25 s (in any crop)."""
-    t = np.arange(int(seconds * SR)) / SR
-    x = (0.3 * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+    x = sine(330, seconds, SR, amp=0.3)
     x[1000::SR // 4] = value
     sf.write(path, x, SR, subtype="FLOAT")
     return path
@@ -84,17 +77,17 @@ def set_ogg_length(path: Path, extra: int) -> None:
 def test_scan_skips_bad_audio_with_what_is_wrong_and_keeps_every_good_file(tmp_path):
     root = tmp_path / "audio"
     (root / "a").mkdir(parents=True)
-    good = [tone(root / "a" / f"good{i}.wav", freq=300 + 50 * i) for i in range(3)]
-    short_ogg = tone(root / "a" / "slightly_short.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    good = [write_tone(root / "a" / f"good{i}.wav", freq=300 + 50 * i) for i in range(3)]
+    short_ogg = write_tone(root / "a" / "slightly_short.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
     set_ogg_length(short_ogg, 600)  # the header claims ~5 ms more than the data holds: a valid release
-    truncated = tone(root / "a" / "truncated.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    truncated = write_tone(root / "a" / "truncated.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
     set_ogg_length(truncated, 8820)  # 0.2 s missing: real truncation
     bad = {
         poisoned(root / "a" / "nan.wav"): "non-finite samples",
         poisoned(root / "a" / "inf.wav", np.inf): "non-finite samples",
         root / "a" / "text.mp3": "not audio",
         truncated: "truncated",
-        tone(root / "a" / "new\nline.wav"): "control character",
+        write_tone(root / "a" / "new\nline.wav"): "control character",
     }
     (root / "a" / "text.mp3").write_text("this is a text file renamed to .mp3\n")
     all_nan = root / "a" / "all_nan.wav"
@@ -124,13 +117,13 @@ def test_scan_keeps_an_ogg_a_few_packets_short_with_a_note_and_skips_real_trunca
     such a file is kept, with a note in the log. A header that promises twice the data, and an MP3 cut in half, are not."""
     root = tmp_path / "audio"
     root.mkdir()
-    short = tone(root / "short.ogg", seconds=10.0, sr=44100, format="OGG", subtype="VORBIS")
+    short = write_tone(root / "short.ogg", seconds=10.0, sr=44100, format="OGG", subtype="VORBIS")
     set_ogg_length(short, 5806)
     shortfall = sf.info(short).frames - len(sf.read(short)[0])  # less than 5,806: the last packet's padding decodes
     assert 0.1 * 44100 < shortfall < 5806  # more than the old tolerance (0.1 s) accepted
-    half = tone(root / "half.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    half = write_tone(root / "half.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
     set_ogg_length(half, 3 * 44100)
-    mp3 = tone(tmp_path / "cut.mp3", seconds=10.0, sr=44100, format="MP3", subtype="MPEG_LAYER_III").read_bytes()
+    mp3 = write_tone(tmp_path / "cut.mp3", seconds=10.0, sr=44100, format="MP3", subtype="MPEG_LAYER_III").read_bytes()
     (root / "cut.mp3").write_bytes(mp3[:len(mp3) // 2])
     with caplog.at_level("INFO", logger="cml.data.scan"):
         result = scan_audio(root, progress=False)
@@ -146,8 +139,10 @@ def test_embed_of_a_folder_keeps_the_ogg_a_few_packets_short_too(tmp_path):
     """`cml embed AUDIO_DIR` reads headers only and finds truncation while decoding: the same tolerance."""
     root = tmp_path / "audio"
     root.mkdir()
-    set_ogg_length(tone(root / "short.ogg", seconds=10.0, sr=44100, format="OGG", subtype="VORBIS"), 8000)  # 0.18 s
-    set_ogg_length(tone(root / "half.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS"), 3 * 44100)
+    set_ogg_length(write_tone(root / "short.ogg", seconds=10.0, sr=44100, format="OGG", subtype="VORBIS"),
+                   8000)  # 0.18 s
+    set_ogg_length(write_tone(root / "half.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS"),
+                   3 * 44100)
     out, skipped = tmp_path / "emb.parquet", tmp_path / "skipped.csv"
     tiny = [a for s in ("dim=16", "depth=1", "heads=2", "embed_dim=8", "proj_dim=8") for a in ("--set", s)]
     assert main(["embed", "untrained:none", str(root), "--out", str(out), "--skipped", str(skipped), "--quiet",
@@ -159,15 +154,15 @@ def test_embed_of_a_folder_keeps_the_ogg_a_few_packets_short_too(tmp_path):
 
 def test_embed_of_a_folder_decodes_each_file_once_and_still_reports_every_bad_one(tmp_path, monkeypatch, capsys):
     """`cml embed AUDIO_DIR` scans headers only; what a full scan finds by decoding, the embedding finds."""
-    import cml.embed.tracks
     import cml.data.scan
+    import cml.embed.tracks
 
     root = tmp_path / "audio"
     (root / "a").mkdir(parents=True)
-    good = [tone(root / "a" / f"good{i}.wav", freq=300 + 50 * i) for i in range(3)]
-    short_ogg = tone(root / "a" / "slightly_short.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    good = [write_tone(root / "a" / f"good{i}.wav", freq=300 + 50 * i) for i in range(3)]
+    short_ogg = write_tone(root / "a" / "slightly_short.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
     set_ogg_length(short_ogg, 600)  # within the Ogg tolerance: kept
-    truncated = tone(root / "a" / "truncated.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
+    truncated = write_tone(root / "a" / "truncated.ogg", seconds=3.0, sr=44100, format="OGG", subtype="VORBIS")
     set_ogg_length(truncated, 8820)
     sf.write(root / "a" / "silent.wav", np.zeros(SR * 2, np.float32), SR)
     bad = {str(poisoned(root / "a" / "nan.wav")): "non-finite", str(truncated): "truncated",
@@ -193,7 +188,7 @@ def test_embed_of_a_folder_decodes_each_file_once_and_still_reports_every_bad_on
 def test_scan_command_reports_skips_and_checks_its_options(tmp_path, capsys):
     root = tmp_path / "audio"
     root.mkdir()
-    tone(root / "ok.wav")
+    write_tone(root / "ok.wav")
     poisoned(root / "bad.wav")
     code, _ = run(["scan", root, "--report", tmp_path / "skipped.csv", "--out", tmp_path / "tracks.csv"], capsys)
     assert code == 0
@@ -214,7 +209,7 @@ def test_scan_command_reports_skips_and_checks_its_options(tmp_path, capsys):
 
 
 def test_one_non_finite_file_does_not_poison_the_untrained_normaliser(tmp_path):
-    paths = [str(tone(tmp_path / f"t{i}.wav", freq=200 + 100 * i)) for i in range(3)]
+    paths = [str(write_tone(tmp_path / f"t{i}.wav", freq=200 + 100 * i)) for i in range(3)]
     clean = estimate_normalizer(paths, MelConfig())
     with_bad = estimate_normalizer([*paths, str(poisoned(tmp_path / "bad.wav"))], MelConfig())
     assert np.isfinite([with_bad.mean, with_bad.std]).all()
@@ -225,7 +220,7 @@ def test_one_non_finite_file_does_not_poison_the_untrained_normaliser(tmp_path):
 def test_training_skips_an_unreadable_track_and_reports_it(tmp_path, in_memory):
     rows = []
     for i in range(8):
-        path = tone(tmp_path / f"t{i}.wav", freq=200 + 60 * i)
+        path = write_tone(tmp_path / f"t{i}.wav", freq=200 + 60 * i)
         rows.append({"id": f"{i:03d}", "path": str(path), "label": "ab"[i % 2], "duration": 2.0,
                      "split": "val" if i >= 6 else "train"})
     rows[1]["path"] = str(poisoned(tmp_path / "nan.wav"))
@@ -251,7 +246,7 @@ def test_training_skips_an_unreadable_track_and_reports_it(tmp_path, in_memory):
 
 
 def test_features_skip_a_track_with_non_finite_samples_and_keep_the_rest(tmp_path, capsys):
-    paths = [tone(tmp_path / f"{i}.wav", freq=300 + 80 * i) for i in range(3)]
+    paths = [write_tone(tmp_path / f"{i}.wav", freq=300 + 80 * i) for i in range(3)]
     paths[1] = poisoned(tmp_path / "nan.wav")
     csv = tmp_path / "tracks.csv"
     pd.DataFrame({"id": ["01", "02", "03"], "path": list(map(str, paths)), "label": "x"}).to_csv(csv, index=False)
@@ -297,7 +292,7 @@ def test_ids_that_look_like_numbers_or_missing_values_survive_every_table(tmp_pa
 def library(tmp_path):
     audio = tmp_path / "audio" / "x"
     audio.mkdir(parents=True)
-    paths = [tone(audio / f"{i:03d}.wav", freq=250 + 40 * i) for i in range(4)]
+    paths = [write_tone(audio / f"{i:03d}.wav", freq=250 + 40 * i) for i in range(4)]
     csv = tmp_path / "tracks.csv"
     pd.DataFrame({"id": [f"{i:03d}" for i in range(4)], "path": list(map(str, paths)), "label": "x",
                   "duration": 2.0, "split": ["train", "train", "test", "test"]}).to_csv(csv, index=False)

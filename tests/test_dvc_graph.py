@@ -19,8 +19,8 @@ from cml.cli import COMMANDS, main
 from cml.params import build, load_params
 from cml.sections import sections
 from cml.train.config import TrainConfig
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "cml"
 
 

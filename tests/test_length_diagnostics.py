@@ -6,11 +6,12 @@ Reads `outputs/evaluate/metrics.json` (the Compare notebook's `pc1_share` and `p
 direction on log duration (rho 0.84), the failure this guards against (README, "Real recordings").
 """
 import json
-from pathlib import Path
 
 import pytest
 
-METRICS = Path(__file__).resolve().parents[1] / "outputs" / "evaluate" / "metrics.json"
+from tests.helpers import ROOT
+
+METRICS = ROOT / "outputs" / "evaluate" / "metrics.json"
 
 
 @pytest.mark.skipif(not METRICS.is_file(), reason="no pipeline run in this workspace (outputs/evaluate/metrics.json)")

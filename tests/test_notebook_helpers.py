@@ -9,9 +9,9 @@ import pytest
 
 from cml.errors import UsageError
 from cml.evaluation.probes import lead_program, majority_rate, style_timbre_probe
-from cml.search.neighbours import exact_knn_accuracy
 from cml.notebook import audio_excerpt, find_repo_root, listen, save_figure, write_metrics
 from cml.params import load_params
+from cml.search.neighbours import exact_knn_accuracy
 
 matplotlib.use("Agg")
 

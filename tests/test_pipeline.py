@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, write_tone
+
 BIN = Path(sys.executable).parent  # the venv's bin: dvc, papermill and cml live there
 
 pytestmark = pytest.mark.e2e
@@ -178,18 +179,12 @@ def test_changed_param_shows_in_metrics_diff(repo: Path):
     assert (change["old"], change["new"]) == (before, after)
 
 
-def write_tone(path: Path, seconds: float, freq: float, sr: int = 22050, amp: float = 0.3) -> None:
-    t = np.arange(int(seconds * sr)) / sr
-    wave = amp * np.sin(2 * np.pi * freq * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))
-    sf.write(path, wave.astype(np.float32), sr)
-
-
 def test_user_audio_with_bad_files_is_reported_and_pipeline_runs(repo: Path):
     audio = repo / "data/audio"
     for label, base in [("low", 220.0), ("high", 1760.0)]:
         (audio / label).mkdir()
         for i in range(5):
-            write_tone(audio / label / f"tone{i}.wav", 3.0, base * (1 + 0.1 * i))
+            write_tone(audio / label / f"tone{i}.wav", 3.0, base * (1 + 0.1 * i), sr=22050, tremolo_hz=2)
     bad = {
         "low/corrupt.wav": b"RIFF\x00\x00junk" + os.urandom(2000),
         "low/empty.flac": b"",
