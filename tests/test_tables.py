@@ -116,3 +116,18 @@ def test_invalid_rows_name_the_option_a_user_types(tmp_path, rows, zero):
     pd.DataFrame(rows, columns=["id", "f0", "f1"]).to_csv(path, index=False)
     with pytest.raises(FeatureTableError, match=r"--drop-invalid, or drop_invalid=True,"):
         check_directions(read_feature_table(path), path) if zero else read_feature_table(path)
+
+
+def test_tables_written_by_any_cml_version_keep_their_feature_columns(tmp_path):
+    """The Parquet metadata key naming the feature columns is part of the file format: a table written with it
+    (here by hand, as every cml version writes it) reads back with its numeric metadata columns left out."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["a", "b"], "seconds": [30.0, 41.5], "f0": [1.0, 0.0], "f1": [0.0, 1.0]})
+    pq.write_table(table.replace_schema_metadata({b"cml.features": json.dumps(["f0", "f1"]).encode()}),
+                   tmp_path / "t.parquet")
+    read = read_feature_table(tmp_path / "t.parquet")
+    assert read.feature_names == ["f0", "f1"] and read.meta["seconds"].tolist() == [30.0, 41.5]
