@@ -74,12 +74,13 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     if res.crops is not None:
         for name, X in res.crops.X.items():
             Embedded(res.crops.tracks, X, res.skipped).write(files[name])
-    _report(files, len(shard.rows(tracks)), res, scan_skipped if shard.rank == 0 else scan_skipped.iloc[:0])
+    _report(files, res, scan_skipped if shard.rank == 0 else scan_skipped.iloc[:0])
     return 0
 
 
-def _report(files: dict[str, Path], n_tracks: int, res: Embedded, scan_skipped: pd.DataFrame) -> None:
-    """The skip report and the one-line summary; an error when no track at all could be embedded."""
+def _report(files: dict[str, Path], res: Embedded, scan_skipped: pd.DataFrame) -> None:
+    """The skip report and the one-line summary; an error when this process had tracks and embedded none (then
+    each of them is in `res.skipped` once)."""
     skipped = pd.concat([scan_skipped, res.skipped], ignore_index=True) if len(scan_skipped) else res.skipped
     if "skipped" in files:
         skipped.to_csv(files["skipped"], index=False)
@@ -88,8 +89,8 @@ def _report(files: dict[str, Path], n_tracks: int, res: Embedded, scan_skipped: 
           f"{len(skipped)} skipped" + (f" (see {files['skipped']})" if "skipped" in files else ""))
     for r in skipped.head(10).itertuples():
         print(f"  skipped {r.path}: {r.reason}", file=sys.stderr)
-    if n_tracks and not len(res.tracks):
-        raise CmlError(f"none of the {n_tracks} tracks could be embedded; reasons above"
+    if len(res.skipped) and not len(res.tracks):
+        raise CmlError(f"none of the {len(res.skipped)} tracks could be embedded; reasons above"
                        + (f" and in {files['skipped']}" if "skipped" in files else ""))
 
 

@@ -157,7 +157,7 @@ def split_rows(tracks: pd.DataFrame, split: Optional[str], option: str, source: 
         return None
     splits = sorted(tracks["split"].dropna().unique()) if "split" in tracks.columns else []
     if split not in splits:
-        raise UsageError(f"{option} {split!r} is not a split of {source or 'the scanned folder'} "
+        raise UsageError(f"{option} {split!r} is not a split of {source or 'the tracks to embed'} "
                          f"(splits there: {', '.join(splits) or 'none, no split column'})")
     return (tracks["split"] == split).to_numpy()
 
@@ -184,7 +184,9 @@ def open_model(spec: str, settings: EmbedSettings = EmbedSettings()) -> Embeddin
         raise UsageError(f"{spec}: {one_line(err)}") from err
     trained = not untrained and not isinstance(encoder, Musicnn)
     training_crop = read_checkpoint(checkpoint_path(spec))["train_config"].get("crop_seconds") if trained else None
-    return EmbeddingModel(spec, encoder, mel_config, normalizer, training_crop)
+    model = EmbeddingModel(spec, encoder, mel_config, normalizer, training_crop)
+    window_seconds(model, settings), crop_seconds(model, settings)  # a setting this model refuses: before any audio
+    return model
 
 
 def crop_seconds(model: EmbeddingModel, settings: EmbedSettings) -> Optional[float]:
@@ -206,13 +208,14 @@ def window_seconds(model: EmbeddingModel, settings: EmbedSettings) -> float:
     return settings.window_seconds or MUSICNN_MEL.seconds(PATCH_FRAMES)
 
 
-def cache_key(model: EmbeddingModel, normalizer: Normalizer, settings: EmbedSettings) -> str:
-    """The embedding cache's key of this model and these settings (a checkpoint file is keyed by its bytes)."""
+def cache_key(model: EmbeddingModel, normalizer: Normalizer, settings: EmbedSettings, windows: float) -> str:
+    """The embedding cache's key of this model, these settings and window (a checkpoint file is keyed by its
+    bytes)."""
     encoder = model.encoder
     weights = {"weights": weights_sha256(encoder.cfg.model)} if isinstance(encoder, Musicnn) else {}
     values = {"encoder": dataclasses.asdict(encoder.cfg), **weights, "frontend": dataclasses.asdict(model.mel),
               "norm": normalizer.to_dict(), "mode": settings.mode, "max_seconds": settings.max_seconds,
-              "window_seconds": window_seconds(model, settings) if settings.mode == "chunked" else None,
+              "window_seconds": windows if settings.mode == "chunked" else None,
               "seed": settings.seed}
     return model_key(str(checkpoint_path(model.spec)), values)
 
@@ -242,7 +245,7 @@ def embed_library(model: EmbeddingModel, tracks: pd.DataFrame, settings: EmbedSe
     with EmbeddingCache(folder) if settings.use_cache else contextlib.nullcontext() as cache:
         normalizer = library_normalizer(model, tracks, settings, cache)
         if cache is not None:
-            cache.key = cache_key(model, normalizer, settings)
+            cache.key = cache_key(model, normalizer, settings, windows)
         tracks = shard.rows(tracks)
         crop_rows = None if settings.crop_split is None else (tracks["split"] == settings.crop_split).to_numpy()
         with threads_beside(settings.workers):

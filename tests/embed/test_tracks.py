@@ -205,11 +205,17 @@ def test_cli_round_trip_from_folder(tmp_path, capsys, cli):
     (["--out", "emb.txt"], "--out .*emb.txt: a feature table is written as .parquet or .csv"),
     (["--set", "heads=0"], "untrained:none: heads must be at least 1, got 0"),
     (["--set", "depth=0"], "untrained:none: depth must be at least 1, got 0"),
+    (["--crops"], "--crops needs CROP_SECONDS with untrained:none"),  # no training crop to default to
 ])
 def test_cli_refuses_options_it_cannot_honour_before_reading_audio(tmp_path, capsys, monkeypatch, cli, options,
                                                                     message):
     tone(tmp_path / "audio" / "a.wav", 1.0, 440)
     monkeypatch.chdir(tmp_path)
+
+    def no_audio(*args, **kwargs):
+        raise AssertionError("the folder was scanned before the options were checked")
+
+    monkeypatch.setattr("cml.embed.cli.scan_audio", no_audio)
     argv = ["embed", "untrained:none", str(tmp_path / "audio"), "--out", "emb.parquet", "--quiet", "--device", "cpu"]
     assert cli(*argv, *options) == 2
     err = capsys.readouterr().err
